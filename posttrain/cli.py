@@ -1,0 +1,154 @@
+"""The `posttrain` command. Heavy libraries are imported inside commands so `posttrain --help` is instant.
+
+Exit status: 0 success; 2 a user error (bad recipe, data, path, hardware request); 1 an unexpected failure.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from posttrain.errors import UserError
+
+app = typer.Typer(
+    help="Post-train Llama-2-family models on one small GPU: SFT, reward, PPO, rejection sampling, DPO, ORPO.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+data_app = typer.Typer(help="Look at a data file before training on it.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+Overrides = Annotated[
+    list[str] | None, typer.Option("--set", "-s", help="Override a recipe key: section.key=value (repeatable).")
+]
+OutputDir = Annotated[Path | None, typer.Option(help="Run folder to write (overrides output_dir).")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last checkpoint.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace a run already in output_dir.")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Check recipe and data, print the plan, load no weights.")]
+
+
+def reports_user_errors(command):
+    """Print a UserError in plain words and exit 2, without a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except UserError as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(code=2) from None
+
+    return wrapper
+
+
+def quiet_libraries() -> None:
+    """Keep the libraries' own chatter (progress bars of data mapping, advisory warnings) off the terminal."""
+    import warnings
+
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    # TRL 1.16 still sets transformers' deprecated `gradient_checkpointing` default; the rename is not ours to act on.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def load_method_recipe(recipe: str, method: str, overrides: list[str] | None, output_dir: Path | None):
+    from posttrain.recipe import load_recipe
+
+    extra = [f"output_dir={output_dir}"] if output_dir else []
+    return load_recipe(recipe, (overrides or []) + extra, method=method)
+
+
+@app.command()
+@reports_user_errors
+def sft(
+    recipe: Annotated[str, typer.Argument(help="YAML path or shipped recipe name (see `posttrain recipes`).")],
+    overrides: Overrides = None,
+    output_dir: OutputDir = None,
+    resume: Resume = False,
+    overwrite: Overwrite = False,
+    dry_run: DryRun = False,
+):
+    """Supervised fine-tuning (instruction tuning) with QLoRA."""
+    from posttrain.methods import sft as method
+
+    loaded = load_method_recipe(recipe, "sft", overrides, output_dir)
+    quiet_libraries()
+    metrics = method.run(loaded, resume=resume, overwrite=overwrite, dry_run=dry_run, echo=typer.echo)
+    if metrics is not None:
+        typer.echo(f"done: run folder {loaded.output_dir} (train loss {metrics['train'].get('train_loss', 0):.4f})")
+
+
+@app.command()
+@reports_user_errors
+def quickstart(
+    output_dir: Annotated[Path, typer.Option(help="Run folder to write.")] = Path("runs/quickstart"),
+    max_steps: Annotated[int, typer.Option(help="Training steps.")] = 60,
+    overwrite: Annotated[bool, typer.Option("--overwrite/--keep", help="Replace an earlier quickstart run.")] = True,
+):
+    """Fine-tune smollm2-135m into a pirate on CPU or GPU, showing its answers before and after."""
+    from posttrain.quickstart import run_quickstart
+
+    quiet_libraries()
+    run_quickstart(output_dir, max_steps=max_steps, overwrite=overwrite, echo=typer.echo)
+
+
+@app.command()
+def recipes(keys: Annotated[bool, typer.Option("--keys", help="Also list every recipe key with its default.")] = False):
+    """List the shipped recipes (run one by name: `posttrain sft smollm2-135m/sft`)."""
+    from posttrain.recipe import SECTIONS, field_help, read_yaml, shipped_recipes
+
+    for name, path in shipped_recipes().items():
+        command = path.read_text(encoding="utf-8").splitlines()[0].lstrip("# ")
+        method = read_yaml(path).get("method", "?")
+        typer.echo(f"{name:<28} {method:<7} {command}")
+    if keys:
+        for section, cls in SECTIONS.items():
+            typer.echo(f"\n{section}:")
+            for key, default, text in field_help(cls):
+                typer.echo(f"  {key:<15} {default!s:<12} {text}")
+        typer.echo("\ntrain:\n  any field of the method's TRL config (SFTConfig, DPOConfig, ...)")
+
+
+@app.command()
+def env():
+    """Library versions, hardware, and the precision posttrain would choose."""
+    from posttrain.precision import choose_precision, detect_hardware
+    from posttrain.runs import library_versions
+
+    for name, found in library_versions().items():
+        typer.echo(f"{name:<14} {found}")
+    hardware = detect_hardware()
+    capability = f" (compute capability {hardware.capability[0]}.{hardware.capability[1]})" if hardware.capability else ""
+    typer.echo(f"{'hardware':<14} {hardware.name}{capability}")
+    typer.echo(f"{'precision':<14} {choose_precision('auto', hardware)} (model.precision: auto)")
+    typer.echo(f"{'4-bit':<14} bitsandbytes on {hardware.device}")
+
+
+@data_app.command("inspect")
+@reports_user_errors
+def data_inspect(
+    file: Annotated[str, typer.Argument(help="Data file, hub dataset id or builtin:NAME.")],
+    model: Annotated[str, typer.Option(help="Model whose tokenizer counts the tokens.")] = "smollm2-135m",
+    chat_template: Annotated[str, typer.Option(help="llama2 | chatml | model | path.jinja")] = "chatml",
+    data_format: Annotated[str, typer.Option("--format", help="auto, or a format name.")] = "auto",
+    max_length: Annotated[int, typer.Option(help="Length limit to report against.")] = 1024,
+):
+    """Detected format, row count and token-length histogram of a data file."""
+    from posttrain.data.prepare import LengthReport, load_examples, measure
+    from posttrain.models.loading import load_tokenizer, resolve_model
+
+    quiet_libraries()
+    fmt, rows, examples = load_examples(file, data_format)
+    tokenizer = load_tokenizer(resolve_model(model), chat_template)
+    lengths = measure(tokenizer, rows, examples)
+    typer.echo(f"{file}: format {fmt}, {len(rows)} rows (tokens counted with {model}, {chat_template} template)")
+    report = LengthReport(lengths, max_length, "drop", sum(n > max_length for n in lengths))
+    for line in report.lines():
+        typer.echo(line.replace("dropped", "would be dropped by data.on_too_long: drop"))

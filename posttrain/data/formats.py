@@ -1,0 +1,121 @@
+"""SFT data formats: detect which one a dataset uses and turn every row into `messages` (or raw `text`).
+
+Conversational rows become role/content message lists so the chat template and assistant-only loss apply
+uniformly; raw `text` stays text (continued pretraining).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from posttrain.data.sources import Row
+from posttrain.errors import UserError
+
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+ROLES = ("system", "user", "assistant")
+
+
+class RowError(Exception):
+    """A row that does not fit its format; the message says what was expected and found."""
+
+
+def _text(row: dict, key: str) -> str:
+    value = row.get(key)
+    if not isinstance(value, str) or not value.strip():
+        found = "nothing" if value is None else repr(value)[:60]
+        raise RowError(f"expected text in {key!r}, found {found}")
+    return value
+
+
+def _check_messages(messages) -> list[dict]:
+    if not isinstance(messages, list) or not messages:
+        raise RowError("expected a non-empty list of {role, content} messages")
+    clean = []
+    for i, message in enumerate(messages, start=1):
+        if not isinstance(message, dict) or message.get("role") not in ROLES or not isinstance(message.get("content"), str):
+            raise RowError(f"message {i}: expected role (system/user/assistant) and content text, found {message!r:.80}")
+        clean.append({"role": message["role"], "content": message["content"]})
+    if not any(m["role"] == "assistant" for m in clean):
+        raise RowError("the conversation has no assistant turn to learn from")
+    return clean
+
+
+def from_messages(row: dict) -> dict:
+    return {"messages": _check_messages(row.get("messages"))}
+
+
+def from_sharegpt(row: dict) -> dict:
+    turns = row.get("conversations")
+    if not isinstance(turns, list):
+        raise RowError("expected 'conversations': a list of {from, value} turns")
+    messages = []
+    for i, turn in enumerate(turns, start=1):
+        role = SHAREGPT_ROLES.get(turn.get("from")) if isinstance(turn, dict) else None
+        if role is None or not isinstance(turn.get("value"), str):
+            raise RowError(f"turn {i}: expected from (human/gpt/system) and value text, found {turn!r:.80}")
+        messages.append({"role": role, "content": turn["value"]})
+    return {"messages": _check_messages(messages)}
+
+
+def from_alpaca(row: dict) -> dict:
+    messages = []
+    if row.get("system"):
+        messages.append({"role": "system", "content": _text(row, "system")})
+    for pair in row.get("history") or []:
+        if not (isinstance(pair, list | tuple) and len(pair) == 2):
+            raise RowError(f"history: expected [instruction, output] pairs, found {pair!r:.80}")
+        messages += [{"role": "user", "content": str(pair[0])}, {"role": "assistant", "content": str(pair[1])}]
+    instruction = _text(row, "instruction")
+    extra = row.get("input")
+    user = f"{instruction}\n\n{extra}" if isinstance(extra, str) and extra.strip() else instruction
+    messages += [{"role": "user", "content": user}, {"role": "assistant", "content": _text(row, "output")}]
+    return {"messages": _check_messages(messages)}
+
+
+def from_prompt_completion(row: dict) -> dict:
+    prompt, completion = row.get("prompt"), row.get("completion")
+    if isinstance(prompt, list) and isinstance(completion, list):  # conversational prompt/completion
+        return {"messages": _check_messages(prompt + completion)}
+    return {
+        "messages": _check_messages(
+            [{"role": "user", "content": _text(row, "prompt")}, {"role": "assistant", "content": _text(row, "completion")}]
+        )
+    }
+
+
+def from_text(row: dict) -> dict:
+    return {"text": _text(row, "text")}
+
+
+# name -> (keys that identify it, what a row must hold, normaliser); detection tries them in this order.
+SFT_FORMATS: dict[str, tuple[tuple[str, ...], str, Callable[[dict], dict]]] = {
+    "messages": (("messages",), "messages: [{role, content}, ...]", from_messages),
+    "sharegpt": (("conversations",), "conversations: [{from, value}, ...] (ShareGPT)", from_sharegpt),
+    "alpaca": (("instruction",), "instruction, input, output (Alpaca)", from_alpaca),
+    "prompt_completion": (("prompt", "completion"), "prompt, completion", from_prompt_completion),
+    "text": (("text",), "text (raw text for continued pretraining)", from_text),
+}
+
+
+def detect_format(row: Row, formats: dict = SFT_FORMATS) -> str:
+    for name, (keys, _, _) in formats.items():
+        if all(key in row.data for key in keys):
+            return name
+    expected = " | ".join(shape for _, shape, _ in formats.values())
+    raise UserError(f"{row.where} fits no known format: found keys {sorted(row.data)}; expected one of: {expected}.")
+
+
+def normalise(rows: list[Row], fmt: str = "auto", formats: dict = SFT_FORMATS) -> tuple[str, list[dict]]:
+    """(format name, rows in canonical form). A row that does not fit is reported with its place."""
+    if fmt == "auto":
+        fmt = detect_format(rows[0], formats)
+    if fmt not in formats:
+        raise UserError(f"data.format {fmt!r} is not one of: auto, {', '.join(formats)}.")
+    _, shape, convert = formats[fmt]
+    out = []
+    for row in rows:
+        try:
+            out.append(convert(row.data))
+        except RowError as err:
+            raise UserError(f"{row.where} does not fit the {fmt} format ({shape}): {err}.") from None
+    return fmt, out

@@ -1,0 +1,129 @@
+"""From a recipe's `data:` section to checked train/eval rows, with a token-length report."""
+
+from __future__ import annotations
+
+import random
+import statistics
+from dataclasses import dataclass, field
+
+from posttrain.data.formats import SFT_FORMATS, normalise
+from posttrain.data.sources import Row, read_rows
+from posttrain.errors import UserError
+
+
+@dataclass
+class LengthReport:
+    lengths: list[int]  # tokens per row, before any dropping or truncation
+    max_length: int
+    action: str  # what on_too_long did
+    too_long: int = 0
+
+    def lines(self) -> list[str]:
+        lengths = self.lengths
+        lines = [
+            f"tokens per row: min {min(lengths)}, median {int(statistics.median(lengths))}, "
+            f"max {max(lengths)} (data.max_length {self.max_length})"
+        ]
+        lines += histogram(lengths, self.max_length)
+        if self.too_long:
+            verb = {"drop": "dropped", "truncate": "truncated to max_length"}[self.action]
+            lines.append(f"{self.too_long} of {len(lengths)} rows longer than {self.max_length} tokens: {verb}")
+        return lines
+
+
+@dataclass
+class PreparedData:
+    format: str
+    train: list[dict]
+    eval: list[dict] = field(default_factory=list)
+    report: LengthReport | None = None
+
+    @property
+    def conversational(self) -> bool:
+        return "messages" in self.train[0]
+
+
+def histogram(lengths: list[int], max_length: int, width: int = 30) -> list[str]:
+    """Rows per token-length bucket (powers of two), the part beyond max_length on its own line."""
+    edges = [0]
+    while edges[-1] < max_length:
+        edges.append(min(max(2 * edges[-1], 16), max_length))
+    buckets = [(lo, hi - 1) for lo, hi in zip(edges, edges[1:], strict=False)]
+    counts = [sum(lo <= n <= hi for n in lengths) for lo, hi in buckets]
+    labels = [f"{lo:>6}-{hi:<6}" for lo, hi in buckets]
+    over = sum(n >= max_length for n in lengths)
+    counts.append(over)
+    labels.append(f"  >= {max_length:<7}")
+    scale = width / max(max(counts), 1)
+    return [f"  {label} {count:>6} {'#' * round(count * scale)}" for label, count in zip(labels, counts, strict=True)
+            if count or label.strip()[0] != ">"]
+
+
+def token_length(tokenizer, example: dict) -> int:
+    if "messages" in example:
+        return len(tokenizer.apply_chat_template(example["messages"], tokenize=True, return_dict=True)["input_ids"])
+    return len(tokenizer(example["text"])["input_ids"]) + 1  # + the EOS that training appends
+
+
+def measure(tokenizer, rows: list[Row], examples: list[dict]) -> list[int]:
+    from jinja2 import TemplateError
+
+    lengths = []
+    for row, example in zip(rows, examples, strict=True):
+        try:
+            lengths.append(token_length(tokenizer, example))
+        except TemplateError as err:
+            raise UserError(f"{row.where}: the chat template rejects this conversation: {err}") from None
+    return lengths
+
+
+def load_examples(source: str, fmt: str, formats: dict = SFT_FORMATS) -> tuple[str, list[Row], list[dict]]:
+    rows = read_rows(source)
+    fmt, examples = normalise(rows, fmt, formats)
+    return fmt, rows, examples
+
+
+def apply_max_length(rows, examples, lengths, max_length: int, action: str, label: str):
+    """Keep, drop or refuse rows longer than max_length (truncation itself happens in TRL's tokenisation)."""
+    too_long = [i for i, n in enumerate(lengths) if n > max_length]
+    if too_long and action == "error":
+        raise UserError(
+            f"{len(too_long)} of {len(rows)} {label} rows are longer than data.max_length={max_length} tokens "
+            f"(longest {max(lengths)}, first at {rows[too_long[0]].where}). Raise data.max_length, or set "
+            "data.on_too_long to drop or truncate."
+        )
+    if action == "drop":
+        keep = set(range(len(rows))) - set(too_long)
+        examples = [e for i, e in enumerate(examples) if i in keep]
+        if not examples:
+            raise UserError(f"every {label} row is longer than data.max_length={max_length} tokens "
+                            f"(shortest {min(lengths)}). Raise data.max_length.")
+    return examples, len(too_long)
+
+
+def prepare_sft_data(data, tokenizer, seed: int = 42) -> PreparedData:
+    """Read, check and measure the train (and eval) rows of a recipe's `data:` section."""
+    fmt, rows, examples = load_examples(data.train, data.format)
+    lengths = measure(tokenizer, rows, examples)
+    train, too_long = apply_max_length(rows, examples, lengths, data.max_length, data.on_too_long, "train")
+    report = LengthReport(lengths, data.max_length, data.on_too_long, too_long)
+    evaluation: list[dict] = []
+    if data.eval:
+        _, eval_rows, eval_examples = load_examples(data.eval, fmt)
+        eval_lengths = measure(tokenizer, eval_rows, eval_examples)
+        evaluation, _ = apply_max_length(
+            eval_rows, eval_examples, eval_lengths, data.max_length, data.on_too_long, "eval"
+        )
+    elif data.eval_fraction:
+        train, evaluation = split(train, data.eval_fraction, seed)
+    return PreparedData(fmt, train, evaluation, report)
+
+
+def split(examples: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, round(len(examples) * fraction))
+    if n_eval >= len(examples):
+        raise UserError(f"data.eval_fraction={fraction} leaves no training rows out of {len(examples)}.")
+    held = set(order[:n_eval])
+    return [e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held]

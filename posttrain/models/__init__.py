@@ -1,0 +1,1 @@
+"""Finding, building and loading models and their tokenizers."""

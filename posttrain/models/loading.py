@@ -1,0 +1,157 @@
+"""MODEL -> weights: an alias, a local folder, a run folder (base + adapter) or a hub id; 4-bit base + LoRA."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from posttrain.errors import UserError
+from posttrain.models.aliases import materialise_alias
+from posttrain.models.templates import prepare_tokenizer
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Where a model's pieces live once MODEL has been resolved."""
+
+    name: str  # what the user wrote, resolved to a base: alias, hub id or absolute folder
+    base: str  # hub id or local folder holding the base weights
+    tokenizer: str  # a run folder keeps its own tokenizer and chat template
+    adapter: Path | None = None  # the LoRA adapter of a run folder
+
+    @property
+    def is_run(self) -> bool:
+        return self.adapter is not None
+
+
+def resolve_model(name: str) -> ModelRef:
+    """Find MODEL without loading weights. Errors name the path and what was expected there."""
+    alias_folder = materialise_alias(name)
+    if alias_folder is not None:
+        return ModelRef(name, str(alias_folder), str(alias_folder))
+    path = Path(name).expanduser()
+    if path.is_dir():
+        path = path.resolve()
+        if (path / "recipe.yaml").is_file():
+            return _resolve_run(path)
+        if (path / "config.json").is_file():
+            return ModelRef(str(path), str(path), str(path))
+        raise UserError(f"{name} is neither a model folder (no config.json) nor a posttrain run (no recipe.yaml).")
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or path.suffix:
+        raise UserError(f"model path not found: {name}. Check the path, or give a hub id or an alias "
+                        "(tiny-llama2, smollm2-135m).")
+    return ModelRef(name, name, name)  # a hub id: checked when its tokenizer is fetched
+
+
+def _resolve_run(run: Path) -> ModelRef:
+    if not (run / "adapter").is_dir():
+        raise UserError(f"{run} is a run folder without a finished adapter (training did not complete). "
+                        "Finish it with --resume, or name another run.")
+    record = yaml.safe_load((run / "recipe.yaml").read_text(encoding="utf-8")) or {}
+    base_name = record.get("base_model") or (record.get("model") or {}).get("name")
+    if not base_name:
+        raise UserError(f"{run}/recipe.yaml does not say which base model the run was trained on.")
+    base = resolve_model(base_name)
+    return ModelRef(base.name, base.base, str(run), adapter=run / "adapter")
+
+
+def run_method(run: Path) -> str | None:
+    """The method that produced a run folder (sft, reward, ...), read from its recipe.yaml."""
+    record = yaml.safe_load((run / "recipe.yaml").read_text(encoding="utf-8")) or {}
+    return record.get("method")
+
+
+# ---------------------------------------------------------------- hub access
+
+
+@contextlib.contextmanager
+def hub_errors(name: str):
+    """Turn the hub's failures (offline, gated, missing) into messages that say what to do."""
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        yield
+    except GatedRepoError:
+        raise UserError(f"{name} is gated: accept its licence on huggingface.co/{name}, then log in with "
+                        "`huggingface-cli login` or set HF_TOKEN.") from None
+    except RepositoryNotFoundError:
+        raise UserError(f"{name} is not a local folder, and the hub has no such model (or it is private: log "
+                        "in with `huggingface-cli login` or set HF_TOKEN).") from None
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as err:
+        if "401" in str(err) or "403" in str(err) or "gated" in str(err).lower():
+            raise UserError(f"{name} needs a Hugging Face token: `huggingface-cli login` or set HF_TOKEN.") from None
+        raise UserError(f"cannot load {name}: it is not a local folder and the Hugging Face hub cannot be reached "
+                        "(offline?). Connect and retry, or use a local folder or an alias "
+                        "(tiny-llama2, smollm2-135m).") from None
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_tokenizer(ref: ModelRef, chat_template: str):
+    from transformers import AutoTokenizer
+
+    with hub_errors(ref.tokenizer):
+        tokenizer = AutoTokenizer.from_pretrained(ref.tokenizer)
+    # A run folder already carries the template it was trained with.
+    return prepare_tokenizer(tokenizer, "model" if ref.is_run else chat_template)
+
+
+def load_base_model(ref: ModelRef, quantization: str, double_quant: bool, precision: str):
+    """The frozen base, quantized with bitsandbytes unless quantization is none, with sdpa attention."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from posttrain.precision import torch_dtype
+
+    dtype = torch_dtype(precision)
+    kwargs = {"dtype": dtype, "attn_implementation": "sdpa"}
+    if quantization != "none":
+        kwargs["quantization_config"] = quantization_config(quantization, double_quant, dtype)
+        kwargs["device_map"] = {"": _device()}
+    elif torch.cuda.is_available():
+        kwargs["device_map"] = {"": _device()}
+    with hub_errors(ref.base):
+        return AutoModelForCausalLM.from_pretrained(ref.base, **kwargs)
+
+
+def quantization_config(quantization: str, double_quant: bool, dtype):
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quantization,
+        bnb_4bit_use_double_quant=double_quant,
+        bnb_4bit_compute_dtype=dtype,
+    )
+
+
+def _device() -> str:
+    import torch
+    from accelerate import PartialState
+
+    return f"cuda:{PartialState().local_process_index}" if torch.cuda.is_available() else "cpu"
+
+
+def add_lora(model, lora, adapter: Path | None, task_type: str = "CAUSAL_LM"):
+    """Wrap the base in a trainable LoRA adapter: a new one from the recipe, or an earlier run's to continue."""
+    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+
+    if getattr(model, "hf_quantizer", None) is not None:
+        # Casts norms and embeddings to fp32 for stable fp16 training; checkpointing is TRL's to switch on.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if adapter is not None:
+        return PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type=task_type,
+    )
+    return get_peft_model(model, config)

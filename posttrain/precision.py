@@ -1,0 +1,74 @@
+"""The one place precision is decided and enforced (DESIGN.md "Precision": never emulated bf16).
+
+CUDA compute capability >= 8.0 -> bf16; below (T4, V100) -> fp16 autocast; CPU -> fp32.
+Trainable (LoRA) weights are always kept in fp32: TRL casts them to bf16 on quantized models, which breaks the
+fp16 GradScaler and fp32 runs, and fp32 adapters cost little memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from posttrain.errors import UserError
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class Hardware:
+    device: str  # "cuda" or "cpu"
+    name: str
+    capability: tuple[int, int] | None = None  # CUDA compute capability
+    cpu_native_bf16: bool = False
+
+    @property
+    def cuda_bf16(self) -> bool:
+        return self.capability is not None and self.capability >= (8, 0)
+
+
+def detect_hardware() -> Hardware:
+    import torch
+
+    if torch.cuda.is_available():
+        return Hardware("cuda", torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0))
+    native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+    return Hardware("cpu", "CPU", cpu_native_bf16=native)
+
+
+def choose_precision(requested: str, hardware: Hardware) -> str:
+    """Map model.precision (auto | fp32 | fp16 | bf16) onto what this hardware runs natively."""
+    if requested == "auto":
+        if hardware.device == "cuda":
+            return "bf16" if hardware.cuda_bf16 else "fp16"
+        return "fp32"
+    if requested == "bf16" and not (hardware.cuda_bf16 or hardware.cpu_native_bf16):
+        cap = f" (compute capability {hardware.capability[0]}.{hardware.capability[1]})" if hardware.capability else ""
+        raise UserError(
+            f"model.precision: bf16 was requested but {hardware.name}{cap} has no native bf16; "
+            "emulated bf16 is many times slower. Use precision: auto (fp16 on this GPU, fp32 on CPU)."
+        )
+    if requested == "fp16" and hardware.device != "cuda":
+        raise UserError("model.precision: fp16 needs a CUDA GPU; on CPU use precision: auto (fp32).")
+    if requested not in PRECISIONS:
+        raise UserError(f"model.precision must be auto, fp32, fp16 or bf16, got {requested!r}.")
+    return requested
+
+
+def torch_dtype(precision: str):
+    import torch
+
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def trainer_flags(precision: str, hardware: Hardware) -> dict[str, bool]:
+    """The TrainingArguments switches for a precision (TRL's configs default to bf16=True)."""
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16", "dataloader_pin_memory": hardware.device == "cuda"}
+
+
+def keep_trainable_fp32(model) -> None:
+    """Undo TRL's bf16 cast of trainable weights on quantized models (call after building a TRL trainer)."""
+    import torch
+
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()

@@ -1,0 +1,357 @@
+"""Recipes: a YAML file mapped onto typed sections. Defaults < YAML < `--set section.key=value`.
+
+Each section is a small dataclass whose field `help` is what errors and `posttrain recipes --keys` show.
+The `train:` section is not re-declared here: it is checked against the method's own TRL config class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import importlib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from posttrain.errors import UserError
+
+METHODS = ("sft", "reward", "dpo", "orpo", "ppo", "rs")
+# The TRL config class behind each method's `train:` section (ppo/rs are posttrain's own trainers).
+TRAIN_CONFIGS = {
+    "sft": ("trl", "SFTConfig"),
+    "reward": ("trl", "RewardConfig"),
+    "dpo": ("trl", "DPOConfig"),
+    "orpo": ("posttrain.trl_compat", "ORPOConfig"),
+}
+# TRL fields that posttrain sets from other recipe keys, so a user sets them in one place only.
+OWNED_TRAIN_KEYS = {
+    "output_dir": "set the top-level `output_dir` (or pass --output-dir)",
+    "bf16": "set `model.precision`",
+    "fp16": "set `model.precision`",
+    "max_length": "set `data.max_length`",
+    "dataloader_pin_memory": "posttrain pins memory on CUDA only",
+}
+# Keys written into a run folder's recipe.yaml that describe the run rather than configure it.
+RUN_RECORD_KEYS = ("versions", "base_model")
+SHIPPED_RECIPES = Path(__file__).parent / "recipes"  # inside an installed wheel
+REPO_RECIPES = Path(__file__).parent.parent / "recipes"  # in a source checkout
+
+
+def _help(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass
+class ModelSection:
+    name: str = field(default="", metadata=_help("hub id, local folder, alias (tiny-llama2, smollm2-135m) or run folder"))
+    adapter: str | None = field(default=None, metadata=_help("run folder whose adapter training continues from"))
+    quantization: Literal["nf4", "fp4", "int8", "none"] = field(
+        default="nf4", metadata=_help("weight quantization of the frozen base")
+    )
+    double_quant: bool = field(default=True, metadata=_help("quantize the 4-bit quantization constants too"))
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = field(
+        default="auto", metadata=_help("compute precision; auto: bf16 on CUDA >= 8.0, fp16 below, fp32 on CPU")
+    )
+    chat_template: str = field(
+        default="llama2", metadata=_help("llama2 | chatml | model (keep the tokenizer's) | path to a .jinja file")
+    )
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise UserError("recipe key model.name is required: a hub id, local folder, alias or run folder.")
+
+
+@dataclass
+class LoraSection:
+    r: int = field(default=16, metadata=_help("LoRA rank"))
+    alpha: int = field(default=32, metadata=_help("LoRA scaling numerator (scale = alpha / r)"))
+    dropout: float = field(default=0.05, metadata=_help("dropout on the LoRA input"))
+    target_modules: str | list[str] = field(
+        default="all-linear", metadata=_help("modules given adapters: all-linear or a list of names")
+    )
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise UserError(f"recipe key lora.r must be at least 1, got {self.r}.")
+        if not 0 <= self.dropout < 1:
+            raise UserError(f"recipe key lora.dropout must be in [0, 1), got {self.dropout}.")
+
+
+@dataclass
+class DataSection:
+    train: str = field(default="", metadata=_help("file path, hub dataset id, or builtin:NAME"))
+    eval: str | None = field(default=None, metadata=_help("held-out file, hub id or builtin:NAME"))
+    eval_fraction: float | None = field(default=None, metadata=_help("or hold out this fraction of train"))
+    format: str = field(default="auto", metadata=_help("auto, or a format name (see `posttrain data inspect`)"))
+    max_length: int = field(default=1024, metadata=_help("longest example in tokens"))
+    on_too_long: Literal["drop", "truncate", "error"] = field(
+        default="drop", metadata=_help("what to do with longer examples; always reported with counts")
+    )
+
+    def __post_init__(self) -> None:
+        if not self.train:
+            raise UserError("recipe key data.train is required: a file path, hub dataset id or builtin:NAME.")
+        if self.eval and self.eval_fraction:
+            raise UserError("set data.eval or data.eval_fraction, not both.")
+        if self.eval_fraction is not None and not 0 < self.eval_fraction < 1:
+            raise UserError(f"data.eval_fraction must be between 0 and 1, got {self.eval_fraction}.")
+        if self.max_length < 8:
+            raise UserError(f"data.max_length must be at least 8 tokens, got {self.max_length}.")
+
+
+@dataclass
+class Recipe:
+    method: str
+    model: ModelSection
+    data: DataSection
+    lora: LoraSection = field(default_factory=LoraSection)
+    train: dict[str, Any] = field(default_factory=dict)
+    output_dir: str = ""
+    source: str = ""  # where the recipe came from, for messages
+
+    def to_dict(self) -> dict[str, Any]:
+        """The recipe as YAML-ready data, in the order a person reads it."""
+        return {
+            "method": self.method,
+            "model": dataclasses.asdict(self.model),
+            "lora": dataclasses.asdict(self.lora),
+            "data": dataclasses.asdict(self.data),
+            "train": dict(self.train),
+            "output_dir": self.output_dir,
+        }
+
+
+SECTIONS = {"model": ModelSection, "lora": LoraSection, "data": DataSection}
+
+
+# ---------------------------------------------------------------- finding and reading recipes
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """Shipped recipes by name (`smollm2-135m/sft`), from the wheel or the source checkout."""
+    root = SHIPPED_RECIPES if SHIPPED_RECIPES.is_dir() else REPO_RECIPES
+    return {str(p.relative_to(root).with_suffix("")): p for p in sorted(root.glob("*/*.yaml"))}
+
+
+def find_recipe(ref: str) -> Path:
+    path = Path(ref).expanduser()
+    if path.is_file():
+        return path
+    shipped = shipped_recipes()
+    name = ref.removesuffix(".yaml").removeprefix("recipes/")
+    if name in shipped:
+        return shipped[name]
+    close = difflib.get_close_matches(name, list(shipped), n=1)
+    hint = f" Did you mean {close[0]}?" if close else ""
+    raise UserError(
+        f"recipe not found: {ref}. Give a YAML path or a shipped recipe name.{hint}\n"
+        "List the shipped ones with `posttrain recipes`."
+    )
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.MarkedYAMLError as err:
+        line = err.problem_mark.line + 1 if err.problem_mark else "?"
+        raise UserError(f"{path}: YAML syntax error at line {line}: {err.problem}.") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read {path}: {err}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a recipe is a YAML mapping (method:, model:, data:, ...), got {type(data).__name__}.")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `section.key=value` strings; the value is read as YAML (so 3, true and [a, b] keep their types)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {item!r}: expected section.key=value, e.g. --set train.learning_rate=1e-4.")
+        value = yaml.safe_load(raw) if raw.strip() else None
+        *parents, leaf = key.strip().split(".")
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set {item!r}: {part} is not a section.")
+        node[leaf] = value
+    return data
+
+
+def load_recipe(ref: str, overrides: list[str] = (), method: str | None = None) -> Recipe:
+    """Read, override and validate a recipe. Every problem is a UserError naming the file and key."""
+    path = find_recipe(ref)
+    data = apply_overrides(read_yaml(path), list(overrides))
+    try:
+        return build_recipe(data, expected_method=method, source=str(path))
+    except UserError as err:
+        raise UserError(f"{path}: {err}") from None
+
+
+def build_recipe(data: dict[str, Any], expected_method: str | None = None, source: str = "") -> Recipe:
+    data = {k: v for k, v in data.items() if k not in RUN_RECORD_KEYS}
+    method = data.get("method", expected_method)
+    if method not in METHODS:
+        raise UserError(f"recipe key method must be one of {', '.join(METHODS)}, got {method!r}.")
+    if expected_method and method != expected_method:
+        raise UserError(f"this is a {method} recipe; run it with `posttrain {method} ...`.")
+    known = {"method", "train", "output_dir", *SECTIONS}
+    _reject_unknown(data, known, "")
+    sections = {}
+    for name, cls in SECTIONS.items():
+        values = data.get(name) or {}
+        if not isinstance(values, dict):
+            raise UserError(f"recipe key {name} must be a mapping of keys, got {values!r}.")
+        sections[name] = build_section(cls, values, name)
+    train = data.get("train") or {}
+    if not isinstance(train, dict):
+        raise UserError(f"recipe key train must be a mapping of TRL config fields, got {train!r}.")
+    output_dir = data.get("output_dir") or ""
+    if not isinstance(output_dir, str) or not output_dir:
+        raise UserError("recipe key output_dir is required (or pass --output-dir).")
+    return Recipe(
+        method=method,
+        train=check_train_section(method, train),
+        output_dir=output_dir,
+        source=source,
+        **sections,
+    )
+
+
+def build_section(cls: type, values: dict[str, Any], section: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    _reject_unknown(values, set(fields), f"{section}.")
+    checked = {key: check_value(value, hints[key], f"{section}.{key}") for key, value in values.items()}
+    return cls(**checked)
+
+
+def check_train_section(method: str, train: dict[str, Any]) -> dict[str, Any]:
+    for key, fix in OWNED_TRAIN_KEYS.items():
+        if key in train:
+            raise UserError(f"recipe key train.{key} is set by posttrain: {fix}.")
+    if method not in TRAIN_CONFIGS:
+        return dict(train)
+    config_cls = train_config_class(method)
+    fields = {f.name for f in dataclasses.fields(config_cls) if f.init}
+    _reject_unknown(train, fields, "train.", what=f"{config_cls.__name__} field")
+    hints = typing.get_type_hints(config_cls)
+    return {key: check_value(value, hints.get(key, Any), f"train.{key}") for key, value in train.items()}
+
+
+def train_config_class(method: str) -> type:
+    module, name = TRAIN_CONFIGS[method]
+    return getattr(importlib.import_module(module), name)
+
+
+def _reject_unknown(values: dict[str, Any], known: set[str], prefix: str, what: str = "key") -> None:
+    for key in values:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = f" Did you mean {prefix}{close[0]}?" if close else f" Known: {', '.join(sorted(known))}."
+            if what != "key" and not close:
+                hint = f" It is not a {what}."
+            raise UserError(f"unknown recipe key {prefix}{key}.{hint}")
+
+
+# ---------------------------------------------------------------- value checking
+
+
+class _Mismatch(Exception):
+    """The value does not fit the type; the message says what was expected."""
+
+
+def check_value(value: Any, hint: Any, key: str) -> Any:
+    """Return the value (numbers written as text, like YAML's 2e-4, become numbers) or raise a UserError."""
+    try:
+        return _coerce(value, hint)
+    except _Mismatch as err:
+        raise UserError(f"recipe key {key}: expected {err}, got {value!r}.") from None
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            try:
+                return _coerce(value, option)
+            except _Mismatch:
+                continue
+        raise _Mismatch(" or ".join(_describe(option) for option in typing.get_args(hint)))
+    if hint is type(None):
+        if value is None:
+            return None
+        raise _Mismatch("null")
+    if origin is Literal:
+        if value in typing.get_args(hint):
+            return value
+        raise _Mismatch(_describe(hint))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise _Mismatch("true or false")
+    if hint in (int, float):
+        return _coerce_number(value, hint)
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise _Mismatch("text")
+    if origin is list or hint is list:
+        if not isinstance(value, list):
+            raise _Mismatch(_describe(hint))
+        (item_hint,) = typing.get_args(hint) or (Any,)
+        return [_coerce(item, item_hint) for item in value]
+    if origin is dict or hint is dict:
+        if isinstance(value, dict):
+            return value
+        raise _Mismatch("a mapping")
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        choices = [member.value for member in hint]
+        if value in choices:
+            return value
+        raise _Mismatch("one of " + ", ".join(map(str, choices)))
+    return value  # a type this checker does not model is passed through for TRL to judge
+
+
+def _coerce_number(value: Any, hint: type) -> Any:
+    if isinstance(value, str):  # YAML 1.1 reads 2e-4 (no dot) as text
+        try:
+            value = float(value)
+        except ValueError:
+            raise _Mismatch(_describe(hint)) from None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Mismatch(_describe(hint))
+    if hint is int:
+        if float(value).is_integer():
+            return int(value)
+        raise _Mismatch("a whole number")
+    return value
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(hint)))
+    names = {int: "a whole number", float: "a number", bool: "true or false", str: "text", type(None): "null"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def field_help(cls: type) -> list[tuple[str, Any, str]]:
+    """(key, default, help) for every field of a section, for `posttrain recipes --keys`."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        rows.append((f.name, default, f.metadata.get("help", "")))
+    return rows
+
+
+def save_recipe(recipe: Recipe, path: Path, extra: dict[str, Any]) -> None:
+    data = recipe.to_dict() | extra
+    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")

@@ -1,0 +1,138 @@
+"""The CLI as a user meets it: help, env, recipes, data inspect, and every bad input -> exit 2, no traceback,
+nothing written."""
+
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from posttrain.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_user_error(result, message):
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert message in result.output
+
+
+def test_help_is_instant_because_heavy_libraries_load_lazily():
+    code = "import sys, posttrain.cli; print(sorted({'torch', 'transformers', 'trl'} & set(sys.modules)))"
+    imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert imported.strip() == "[]"
+    assert "sft" in invoke("--help").output
+
+
+def test_env_reports_versions_hardware_and_precision():
+    result = invoke("env")
+    assert result.exit_code == 0
+    for word in ("transformers", "trl", "peft", "bitsandbytes", "hardware", "precision"):
+        assert word in result.output
+
+
+def test_recipes_lists_shipped_recipes_with_their_command():
+    result = invoke("recipes", "--keys")
+    assert result.exit_code == 0
+    assert "smollm2-135m/sft" in result.output and "posttrain sft recipes/smollm2-135m/sft.yaml" in result.output
+    assert "quantization" in result.output
+
+
+def test_data_inspect_reports_format_rows_and_lengths():
+    result = invoke("data", "inspect", "builtin:pirate_sft", "--model", "tiny-llama2", "--chat-template", "llama2")
+    assert result.exit_code == 0, result.output
+    assert "format messages, 120 rows" in result.output and "tokens per row" in result.output
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(write_recipe, tmp_path):
+    result = invoke("sft", write_recipe(), "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "precision fp32" in result.output and "120 train rows" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_sft_through_the_cli_writes_a_finished_run(write_recipe, tmp_path):
+    result = invoke("sft", write_recipe(), "--set", "train.max_steps=1")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "metrics.json").is_file()
+
+
+# ---------------------------------------------------------------- bad input: exit 2, clear words, nothing written
+
+
+def test_missing_recipe(tmp_path):
+    assert_user_error(invoke("sft", tmp_path / "nope.yaml"), "recipe not found")
+
+
+def test_yaml_syntax_error(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("method: sft\nmodel: {name: tiny-llama2\n")
+    assert_user_error(invoke("sft", path), "YAML syntax error at line")
+
+
+def test_unknown_key(write_recipe, tmp_path):
+    assert_user_error(invoke("sft", write_recipe(), "--set", "lora.alhpa=8"), "Did you mean lora.alpha?")
+    assert not (tmp_path / "run").exists()
+
+
+def test_wrong_type(write_recipe, tmp_path):
+    result = invoke("sft", write_recipe(train={"learning_rate": "fast"}))
+    assert_user_error(result, "train.learning_rate: expected a number, got 'fast'")
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        (None, "data file not found"),
+        ([], "holds no rows"),
+        ([{"question": "Hi", "answer": "Arr!"}], "line 1 fits no known format"),
+    ],
+)
+def test_bad_data(write_recipe, jsonl, tmp_path, rows, message):
+    data = tmp_path / "missing.jsonl" if rows is None else jsonl(rows)
+    assert_user_error(invoke("sft", write_recipe(data={"train": str(data)})), message)
+    assert not (tmp_path / "run").exists()
+
+
+def test_output_dir_holding_a_finished_run_is_refused_and_kept(write_recipe, tmp_path):
+    assert invoke("sft", write_recipe(), "--set", "train.max_steps=1").exit_code == 0
+    before = (tmp_path / "run" / "metrics.json").read_bytes()
+    assert_user_error(invoke("sft", write_recipe()), "already holds a finished run")
+    assert (tmp_path / "run" / "metrics.json").read_bytes() == before
+    assert invoke("sft", write_recipe(), "--set", "train.max_steps=1", "--overwrite").exit_code == 0
+
+
+def test_output_dir_that_is_not_a_run_is_never_touched(write_recipe, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    assert_user_error(invoke("sft", write_recipe(), "--overwrite"), "is not a posttrain run")
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
+
+
+def test_resume_without_a_checkpoint(write_recipe):
+    assert_user_error(invoke("sft", write_recipe(), "--resume"), "holds no checkpoint to resume from")
+
+
+def test_model_path_missing(write_recipe, tmp_path):
+    result = invoke("sft", write_recipe(model={"name": str(tmp_path / "no-such-model")}))
+    assert_user_error(result, "model path not found")
+
+
+def test_hub_model_unreachable_says_what_to_do(write_recipe, tmp_path):
+    result = invoke("sft", write_recipe(model={"name": "meta-llama/Llama-2-7b-hf"}))
+    assert_user_error(result, "meta-llama/Llama-2-7b-hf")
+    assert "alias" in result.output or "huggingface-cli login" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_bf16_on_a_cpu_without_it(write_recipe, monkeypatch):
+    from posttrain.methods import common
+    from posttrain.precision import Hardware
+
+    monkeypatch.setattr(common, "detect_hardware", lambda: Hardware("cpu", "CPU"))
+    assert_user_error(invoke("sft", write_recipe(model={"precision": "bf16"})), "has no native bf16")
