@@ -22,7 +22,8 @@ data_app = typer.Typer(help="Look at a data file before training on it.", no_arg
 app.add_typer(data_app, name="data")
 
 Overrides = Annotated[
-    list[str] | None, typer.Option("--set", "-s", help="Override a recipe key: section.key=value (repeatable).")
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a recipe key: section.key=value (repeatable)."),
 ]
 OutputDir = Annotated[Path | None, typer.Option(help="Run folder to write (overrides output_dir).")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last checkpoint.")]
@@ -88,19 +89,23 @@ def sft(
 @app.command()
 @reports_user_errors
 def quickstart(
-    output_dir: Annotated[Path, typer.Option(help="Run folder to write.")] = Path("runs/quickstart"),
+    output_dir: Annotated[
+        Path | None,
+        typer.Option(help="Run folder to write [default: runs/quickstart, or -2, -3 ... if taken]."),
+    ] = None,
     max_steps: Annotated[int, typer.Option(help="Training steps.")] = 60,
-    overwrite: Annotated[bool, typer.Option("--overwrite/--keep", help="Replace an earlier quickstart run.")] = True,
 ):
     """Fine-tune smollm2-135m into a pirate on CPU or GPU, showing its answers before and after."""
-    from posttrain.quickstart import run_quickstart
+    from posttrain.quickstart import free_run_folder, run_quickstart
 
     quiet_libraries()
-    run_quickstart(output_dir, max_steps=max_steps, overwrite=overwrite, echo=typer.echo)
+    run_quickstart(output_dir or free_run_folder(Path("runs/quickstart")), max_steps=max_steps, echo=typer.echo)
 
 
 @app.command()
-def recipes(keys: Annotated[bool, typer.Option("--keys", help="Also list every recipe key with its default.")] = False):
+def recipes(
+    keys: Annotated[bool, typer.Option("--keys", help="Also list every recipe key with its default.")] = False,
+):
     """List the shipped recipes (run one by name: `posttrain sft smollm2-135m/sft`)."""
     from posttrain.recipe import SECTIONS, field_help, read_yaml, shipped_recipes
 
@@ -125,7 +130,9 @@ def env():
     for name, found in library_versions().items():
         typer.echo(f"{name:<14} {found}")
     hardware = detect_hardware()
-    capability = f" (compute capability {hardware.capability[0]}.{hardware.capability[1]})" if hardware.capability else ""
+    capability = (
+        f" (compute capability {hardware.capability[0]}.{hardware.capability[1]})" if hardware.capability else ""
+    )
     typer.echo(f"{'hardware':<14} {hardware.name}{capability}")
     typer.echo(f"{'precision':<14} {choose_precision('auto', hardware)} (model.precision: auto)")
     typer.echo(f"{'4-bit':<14} bitsandbytes on {hardware.device}")

@@ -7,8 +7,9 @@ def answer(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, syste
     """Greedy answers to single-turn prompts, decoded without special tokens."""
     import torch
 
-    chats = [([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": p}]
-             for p in prompts]
+    chats = [
+        ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": p}] for p in prompts
+    ]
     texts = [tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) for chat in chats]
     was_training, side = model.training, tokenizer.padding_side
     tokenizer.padding_side = "left"
@@ -28,5 +29,5 @@ def answer(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, syste
     finally:
         tokenizer.padding_side = side
         model.train(was_training)
-    new_tokens = output[:, batch["input_ids"].shape[1]:]
+    new_tokens = output[:, batch["input_ids"].shape[1] :]
     return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]

@@ -45,7 +45,7 @@ def choose_precision(requested: str, hardware: Hardware) -> str:
         cap = f" (compute capability {hardware.capability[0]}.{hardware.capability[1]})" if hardware.capability else ""
         raise UserError(
             f"model.precision: bf16 was requested but {hardware.name}{cap} has no native bf16; "
-            "emulated bf16 is many times slower. Use precision: auto (fp16 on this GPU, fp32 on CPU)."
+            "emulated bf16 is many times slower. Use precision: auto (fp16 on a GPU before Ampere, fp32 on CPU)."
         )
     if requested == "fp16" and hardware.device != "cuda":
         raise UserError("model.precision: fp16 needs a CUDA GPU; on CPU use precision: auto (fp32).")
@@ -62,7 +62,11 @@ def torch_dtype(precision: str):
 
 def trainer_flags(precision: str, hardware: Hardware) -> dict[str, bool]:
     """The TrainingArguments switches for a precision (TRL's configs default to bf16=True)."""
-    return {"bf16": precision == "bf16", "fp16": precision == "fp16", "dataloader_pin_memory": hardware.device == "cuda"}
+    return {
+        "bf16": precision == "bf16",
+        "fp16": precision == "fp16",
+        "dataloader_pin_memory": hardware.device == "cuda",
+    }
 
 
 def keep_trainable_fp32(model) -> None:

@@ -48,17 +48,21 @@ def _help(text: str) -> dict:
 
 @dataclass
 class ModelSection:
-    name: str = field(default="", metadata=_help("hub id, local folder, alias (tiny-llama2, smollm2-135m) or run folder"))
+    name: str = field(
+        default="", metadata=_help("hub id, local folder, alias (tiny-llama2, smollm2-135m) or run folder")
+    )
     adapter: str | None = field(default=None, metadata=_help("run folder whose adapter training continues from"))
     quantization: Literal["nf4", "fp4", "int8", "none"] = field(
         default="nf4", metadata=_help("weight quantization of the frozen base")
     )
     double_quant: bool = field(default=True, metadata=_help("quantize the 4-bit quantization constants too"))
     precision: Literal["auto", "fp32", "fp16", "bf16"] = field(
-        default="auto", metadata=_help("compute precision; auto: bf16 on CUDA >= 8.0, fp16 below, fp32 on CPU")
+        default="auto",
+        metadata=_help("compute precision; auto: bf16 on CUDA >= 8.0, fp16 below, fp32 on CPU"),
     )
     chat_template: str = field(
-        default="llama2", metadata=_help("llama2 | chatml | model (keep the tokenizer's) | path to a .jinja file")
+        default="llama2",
+        metadata=_help("llama2 | chatml | model (keep the tokenizer's) | path to a .jinja file"),
     )
 
     def __post_init__(self) -> None:

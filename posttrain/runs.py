@@ -51,22 +51,29 @@ class RunFolder:
         is_run = self.recipe_file.is_file()
         if resume:
             if not is_run or self.latest_checkpoint() is None:
-                raise UserError(f"--resume: {where} holds no checkpoint to resume from. Start the run without --resume.")
+                raise UserError(
+                    f"--resume: {where} holds no checkpoint to resume from. Start the run without --resume."
+                )
             if self.finished:
                 raise UserError(f"--resume: {where} is already finished (metrics.json exists).")
             return
         if not exists:
             return
         if not is_run:
-            raise UserError(f"output_dir {where} exists and is not a posttrain run; choose another output_dir "
-                            "(--output-dir DIR). Nothing was written.")
+            raise UserError(
+                f"output_dir {where} exists and is not a posttrain run; choose another output_dir "
+                "(--output-dir DIR). Nothing was written."
+            )
         if overwrite:
             return
         if self.finished:
-            raise UserError(f"output_dir {where} already holds a finished run. Choose another output_dir "
-                            "(--output-dir DIR), or pass --overwrite to replace it.")
-        raise UserError(f"output_dir {where} holds an unfinished run. Continue it with --resume, or pass "
-                        "--overwrite to start over.")
+            raise UserError(
+                f"output_dir {where} already holds a finished run. Choose another output_dir "
+                "(--output-dir DIR), or pass --overwrite to replace it."
+            )
+        raise UserError(
+            f"output_dir {where} holds an unfinished run. Continue it with --resume, or pass --overwrite to start over."
+        )
 
     def start(self, *, resume: bool, overwrite: bool) -> None:
         if overwrite and not resume and self.recipe_file.is_file():

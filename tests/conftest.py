@@ -37,8 +37,13 @@ def write_recipe(tmp_path):
             "method": "sft",
             "model": {"name": "tiny-llama2", "quantization": "none"},
             "data": {"train": "builtin:pirate_sft", "max_length": 192},
-            "train": {"max_steps": 2, "per_device_train_batch_size": 2, "logging_steps": 1,
-                      "activation_checkpointing": False, "report_to": "none"},
+            "train": {
+                "max_steps": 2,
+                "per_device_train_batch_size": 2,
+                "logging_steps": 1,
+                "activation_checkpointing": False,
+                "report_to": "none",
+            },
             "output_dir": str(tmp_path / "run"),
         }
         for key, value in sections.items():

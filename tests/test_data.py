@@ -18,11 +18,20 @@ CHAT = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Arr
     [
         ({"messages": CHAT}, "messages", {"messages": CHAT}),
         (
-            {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Arr! Hello. Fair winds!"}]},
+            {
+                "conversations": [
+                    {"from": "human", "value": "Hi"},
+                    {"from": "gpt", "value": "Arr! Hello. Fair winds!"},
+                ]
+            },
             "sharegpt",
             {"messages": CHAT},
         ),
-        ({"instruction": "Hi", "input": "", "output": "Arr! Hello. Fair winds!"}, "alpaca", {"messages": CHAT}),
+        (
+            {"instruction": "Hi", "input": "", "output": "Arr! Hello. Fair winds!"},
+            "alpaca",
+            {"messages": CHAT},
+        ),
         ({"prompt": "Hi", "completion": "Arr! Hello. Fair winds!"}, "prompt_completion", {"messages": CHAT}),
         ({"text": "Once upon a time."}, "text", {"text": "Once upon a time."}),
     ],
@@ -34,15 +43,26 @@ def test_each_format_is_detected_and_normalised(jsonl, row, fmt, expected):
 
 
 def test_alpaca_input_system_and_history_become_turns(jsonl):
-    row = {"system": "Be a pirate.", "history": [["Q1", "A1"]], "instruction": "Sum", "input": "2+2", "output": "4"}
+    row = {
+        "system": "Be a pirate.",
+        "history": [["Q1", "A1"]],
+        "instruction": "Sum",
+        "input": "2+2",
+        "output": "4",
+    }
     _, [example] = normalise(read_rows(str(jsonl([row]))))
     assert [m["role"] for m in example["messages"]] == ["system", "user", "assistant", "user", "assistant"]
     assert example["messages"][3]["content"] == "Sum\n\n2+2"
 
 
 def test_sharegpt_system_turn_is_kept(jsonl):
-    row = {"conversations": [{"from": "system", "value": "S"}, {"from": "human", "value": "Q"},
-                             {"from": "gpt", "value": "A"}]}
+    row = {
+        "conversations": [
+            {"from": "system", "value": "S"},
+            {"from": "human", "value": "Q"},
+            {"from": "gpt", "value": "A"},
+        ]
+    }
     _, [example] = normalise(read_rows(str(jsonl([row]))))
     assert example["messages"][0] == {"role": "system", "content": "S"}
 
@@ -71,7 +91,9 @@ def test_builtin_data_ships_with_the_package():
 
 def test_row_fitting_no_format_names_file_line_and_expected_shapes(jsonl):
     path = jsonl([{"question": "Hi", "answer": "Arr!"}])
-    with pytest.raises(UserError, match=r"data\.jsonl line 1 fits no known format: found keys \['answer', 'question'\]"):
+    with pytest.raises(
+        UserError, match=r"data\.jsonl line 1 fits no known format: found keys \['answer', 'question'\]"
+    ):
         normalise(read_rows(str(path)))
 
 

@@ -16,8 +16,9 @@ def train(recipe_path, overrides=(), **options):
         seen["trainer"] = trainer
         seen["before"] = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
 
-    metrics = sft.run(load_recipe(str(recipe_path), list(overrides)), echo=lambda _: None, before_train=snapshot,
-                      **options)
+    metrics = sft.run(
+        load_recipe(str(recipe_path), list(overrides)), echo=lambda _: None, before_train=snapshot, **options
+    )
     return seen["trainer"], seen["before"], metrics
 
 
@@ -44,8 +45,15 @@ def test_4bit_path_really_quantizes_the_base(write_recipe):
 def test_run_folder_holds_everything_design_promises(write_recipe, tmp_path):
     _, _, metrics = train(write_recipe(data={"eval_fraction": 0.1}, train={"report_to": "tensorboard"}))
     run = tmp_path / "run"
-    for piece in ("recipe.yaml", "adapter/adapter_model.safetensors", "adapter/adapter_config.json",
-                  "tokenizer.json", "chat_template.jinja", "metrics.json", "checkpoints/checkpoint-2"):
+    for piece in (
+        "recipe.yaml",
+        "adapter/adapter_model.safetensors",
+        "adapter/adapter_config.json",
+        "tokenizer.json",
+        "chat_template.jinja",
+        "metrics.json",
+        "checkpoints/checkpoint-2",
+    ):
         assert (run / piece).exists(), piece
     assert list((run / "logs").glob("events.out.tfevents.*"))
     assert not (run / "checkpoints" / "runs").exists()  # every log lands in logs/

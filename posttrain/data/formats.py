@@ -11,7 +11,13 @@ from collections.abc import Callable
 from posttrain.data.sources import Row
 from posttrain.errors import UserError
 
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+}
 ROLES = ("system", "user", "assistant")
 
 
@@ -32,8 +38,14 @@ def _check_messages(messages) -> list[dict]:
         raise RowError("expected a non-empty list of {role, content} messages")
     clean = []
     for i, message in enumerate(messages, start=1):
-        if not isinstance(message, dict) or message.get("role") not in ROLES or not isinstance(message.get("content"), str):
-            raise RowError(f"message {i}: expected role (system/user/assistant) and content text, found {message!r:.80}")
+        if (
+            not isinstance(message, dict)
+            or message.get("role") not in ROLES
+            or not isinstance(message.get("content"), str)
+        ):
+            raise RowError(
+                f"message {i}: expected role (system/user/assistant) and content text, found {message!r:.80}"
+            )
         clean.append({"role": message["role"], "content": message["content"]})
     if not any(m["role"] == "assistant" for m in clean):
         raise RowError("the conversation has no assistant turn to learn from")
@@ -64,7 +76,10 @@ def from_alpaca(row: dict) -> dict:
     for pair in row.get("history") or []:
         if not (isinstance(pair, list | tuple) and len(pair) == 2):
             raise RowError(f"history: expected [instruction, output] pairs, found {pair!r:.80}")
-        messages += [{"role": "user", "content": str(pair[0])}, {"role": "assistant", "content": str(pair[1])}]
+        messages += [
+            {"role": "user", "content": str(pair[0])},
+            {"role": "assistant", "content": str(pair[1])},
+        ]
     instruction = _text(row, "instruction")
     extra = row.get("input")
     user = f"{instruction}\n\n{extra}" if isinstance(extra, str) and extra.strip() else instruction
@@ -78,7 +93,10 @@ def from_prompt_completion(row: dict) -> dict:
         return {"messages": _check_messages(prompt + completion)}
     return {
         "messages": _check_messages(
-            [{"role": "user", "content": _text(row, "prompt")}, {"role": "assistant", "content": _text(row, "completion")}]
+            [
+                {"role": "user", "content": _text(row, "prompt")},
+                {"role": "assistant", "content": _text(row, "completion")},
+            ]
         )
     }
 

@@ -55,8 +55,11 @@ def histogram(lengths: list[int], max_length: int, width: int = 30) -> list[str]
     counts.append(over)
     labels.append(f"  >= {max_length:<7}")
     scale = width / max(max(counts), 1)
-    return [f"  {label} {count:>6} {'#' * round(count * scale)}" for label, count in zip(labels, counts, strict=True)
-            if count or label.strip()[0] != ">"]
+    return [
+        f"  {label} {count:>6} {'#' * round(count * scale)}"
+        for label, count in zip(labels, counts, strict=True)
+        if count or label.strip()[0] != ">"
+    ]
 
 
 def token_length(tokenizer, example: dict) -> int:
@@ -96,8 +99,10 @@ def apply_max_length(rows, examples, lengths, max_length: int, action: str, labe
         keep = set(range(len(rows))) - set(too_long)
         examples = [e for i, e in enumerate(examples) if i in keep]
         if not examples:
-            raise UserError(f"every {label} row is longer than data.max_length={max_length} tokens "
-                            f"(shortest {min(lengths)}). Raise data.max_length.")
+            raise UserError(
+                f"every {label} row is longer than data.max_length={max_length} tokens "
+                f"(shortest {min(lengths)}). Raise data.max_length."
+            )
     return examples, len(too_long)
 
 

@@ -107,7 +107,15 @@ def _read_hub(dataset_id: str) -> list[Row]:
     """A hub dataset's train split (`org/name`, or `org/name:split`)."""
     import datasets
 
+    from posttrain.hub import hub_resolves
+
     name, _, split = dataset_id.partition(":")
+    if not (datasets.config.HF_HUB_OFFLINE or hub_resolves()):
+        raise UserError(
+            f"cannot load dataset {dataset_id}: it is not a local file and the Hugging Face hub cannot be reached "
+            "(offline?). Connect and retry, give a local file or builtin:NAME, or set HF_DATASETS_OFFLINE=1 to "
+            "use a copy already in the datasets cache."
+        )
     try:
         dataset = datasets.load_dataset(name, split=split or "train")
     except Exception as err:  # datasets raises many types for offline / missing / gated

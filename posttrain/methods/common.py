@@ -31,8 +31,11 @@ class Stage:
         quant = r.model.quantization if r.model.quantization == "none" else f"{r.model.quantization} (4-bit)"
         if r.model.quantization == "int8":
             quant = "int8"
-        lora = f"continue the adapter of {self.adapter.parent}" if self.adapter else (
-            f"new LoRA r={r.lora.r} alpha={r.lora.alpha} on {r.lora.target_modules}")
+        lora = (
+            f"continue the adapter of {self.adapter.parent}"
+            if self.adapter
+            else (f"new LoRA r={r.lora.r} alpha={r.lora.alpha} on {r.lora.target_modules}")
+        )
         return [
             f"method      {r.method}",
             f"model       {self.model.name}",
@@ -49,14 +52,17 @@ def prepare_stage(recipe: Recipe) -> Stage:
     adapter = model.adapter
     if recipe.model.adapter:
         if adapter is not None:
-            raise UserError("model.name is already a run folder with an adapter; leave model.adapter empty, or "
-                            "set model.name to the base model.")
+            raise UserError(
+                "model.name is already a run folder with an adapter; leave model.adapter empty, or "
+                "set model.name to the base model."
+            )
         adapter_run = resolve_model(recipe.model.adapter)
         if not adapter_run.is_run:
             raise UserError(f"model.adapter: {recipe.model.adapter} is not a posttrain run folder with an adapter.")
         if adapter_run.base != model.base:
-            raise UserError(f"model.adapter: {recipe.model.adapter} was trained on {adapter_run.name}, "
-                            f"not on {model.name}.")
+            raise UserError(
+                f"model.adapter: {recipe.model.adapter} was trained on {adapter_run.name}, not on {model.name}."
+            )
         adapter = adapter_run.adapter
     tokenizer = load_tokenizer(model, recipe.model.chat_template)
     return Stage(recipe, hardware, precision, model, adapter, tokenizer, RunFolder(recipe.output_dir))

@@ -69,8 +69,15 @@ def build_trainer(stage: Stage, data: PreparedData):
 
 def data_metrics(data: PreparedData) -> dict:
     report = data.report
-    return {"data": {"format": data.format, "train_rows": len(data.train), "eval_rows": len(data.eval),
-                     "too_long": report.too_long, "on_too_long": report.action}}
+    return {
+        "data": {
+            "format": data.format,
+            "train_rows": len(data.train),
+            "eval_rows": len(data.eval),
+            "too_long": report.too_long,
+            "on_too_long": report.action,
+        }
+    }
 
 
 def run(

@@ -32,7 +32,10 @@ def cache_dir() -> Path:
 
 def materialise_alias(name: str) -> Path | None:
     """The local folder of a built-in model, building it on first use; None when `name` is no alias."""
-    builders: dict[str, Callable[[Path], None]] = {"tiny-llama2": build_tiny_llama2, "smollm2-135m": convert_smollm2}
+    builders: dict[str, Callable[[Path], None]] = {
+        "tiny-llama2": build_tiny_llama2,
+        "smollm2-135m": convert_smollm2,
+    }
     if name not in builders:
         return None
     target = cache_dir() / "models" / _folder_name(name)
@@ -129,7 +132,9 @@ def _train_llama2_style_tokenizer():
     # (otherwise decoding with skip_special_tokens would drop every byte-fallback character).
     spec["added_tokens"] = [t for t in spec["added_tokens"] if t["content"] in specials]
     tok = Tokenizer.from_str(json.dumps(spec))
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
+    )
     tok.decoder = decoders.Sequence(
         [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
     )

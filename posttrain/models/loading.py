@@ -41,15 +41,19 @@ def resolve_model(name: str) -> ModelRef:
             return ModelRef(str(path), str(path), str(path))
         raise UserError(f"{name} is neither a model folder (no config.json) nor a posttrain run (no recipe.yaml).")
     if name.startswith((".", "/", "~")) or name.count("/") > 1 or path.suffix:
-        raise UserError(f"model path not found: {name}. Check the path, or give a hub id or an alias "
-                        "(tiny-llama2, smollm2-135m).")
-    return ModelRef(name, name, name)  # a hub id: checked when its tokenizer is fetched
+        raise UserError(
+            f"model path not found: {name}. Check the path, or give a hub id or an alias (tiny-llama2, smollm2-135m)."
+        )
+    check_hub_reachable(name)
+    return ModelRef(name, name, name)  # a hub id: access rights are checked when its tokenizer is fetched
 
 
 def _resolve_run(run: Path) -> ModelRef:
     if not (run / "adapter").is_dir():
-        raise UserError(f"{run} is a run folder without a finished adapter (training did not complete). "
-                        "Finish it with --resume, or name another run.")
+        raise UserError(
+            f"{run} is a run folder without a finished adapter (training did not complete). "
+            "Finish it with --resume, or name another run."
+        )
     record = yaml.safe_load((run / "recipe.yaml").read_text(encoding="utf-8")) or {}
     base_name = record.get("base_model") or (record.get("model") or {}).get("name")
     if not base_name:
@@ -67,25 +71,50 @@ def run_method(run: Path) -> str | None:
 # ---------------------------------------------------------------- hub access
 
 
+def _unreachable(name: str) -> UserError:
+    return UserError(
+        f"cannot load {name}: it is not a local folder and the Hugging Face hub cannot be reached "
+        "(offline?). Connect and retry, or use a local folder or an alias (tiny-llama2, smollm2-135m)."
+    )
+
+
+def check_hub_reachable(name: str) -> None:
+    """Fail at once when the hub cannot be reached and the model is not in the local hub cache."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    from posttrain.hub import hub_resolves
+
+    cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
+    if not (constants.HF_HUB_OFFLINE or cached or hub_resolves()):
+        raise _unreachable(name)
+
+
 @contextlib.contextmanager
 def hub_errors(name: str):
     """Turn the hub's failures (offline, gated, missing) into messages that say what to do."""
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
 
     try:
         yield
     except GatedRepoError:
-        raise UserError(f"{name} is gated: accept its licence on huggingface.co/{name}, then log in with "
-                        "`huggingface-cli login` or set HF_TOKEN.") from None
+        raise UserError(
+            f"{name} is gated: accept its licence on huggingface.co/{name}, then log in with "
+            "`huggingface-cli login` or set HF_TOKEN."
+        ) from None
     except RepositoryNotFoundError:
-        raise UserError(f"{name} is not a local folder, and the hub has no such model (or it is private: log "
-                        "in with `huggingface-cli login` or set HF_TOKEN).") from None
+        raise UserError(
+            f"{name} is not a local folder, and the hub has no such model (or it is private: log "
+            "in with `huggingface-cli login` or set HF_TOKEN)."
+        ) from None
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as err:
         if "401" in str(err) or "403" in str(err) or "gated" in str(err).lower():
             raise UserError(f"{name} needs a Hugging Face token: `huggingface-cli login` or set HF_TOKEN.") from None
-        raise UserError(f"cannot load {name}: it is not a local folder and the Hugging Face hub cannot be reached "
-                        "(offline?). Connect and retry, or use a local folder or an alias "
-                        "(tiny-llama2, smollm2-135m).") from None
+        raise _unreachable(name) from None
 
 
 # ---------------------------------------------------------------- loading

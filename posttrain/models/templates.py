@@ -27,14 +27,18 @@ def prepare_tokenizer(tokenizer, chat_template: str):
 def _resolve_template(tokenizer, choice: str) -> str:
     if choice == "model":
         if not tokenizer.chat_template:
-            raise UserError("model.chat_template: model was asked for, but this tokenizer has no chat template. "
-                            "Use llama2, chatml or a .jinja path.")
+            raise UserError(
+                "model.chat_template: model was asked for, but this tokenizer has no chat template. "
+                "Use llama2, chatml or a .jinja path."
+            )
         return tokenizer.chat_template
     if choice == "chatml":
         missing = [t for t in CHATML_TOKENS if t not in tokenizer.get_vocab()]
         if missing:
-            raise UserError(f"model.chat_template: chatml needs the tokens {', '.join(missing)}, which this "
-                            "tokenizer lacks. Use llama2 (or model) instead.")
+            raise UserError(
+                f"model.chat_template: chatml needs the tokens {', '.join(missing)}, which this "
+                "tokenizer lacks. Use llama2 (or model) instead."
+            )
         return read_template("chatml")
     if choice == "llama2":
         return read_template("llama2")
