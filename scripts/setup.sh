@@ -15,7 +15,11 @@ if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
     "${pip[@]}" torch
   else
     echo "setup: no GPU found, installing the CPU build of PyTorch"
-    "${pip[@]}" "torch==2.13.0" --extra-index-url https://download.pytorch.org/whl/cpu
+    cpu_index=()  # PyTorch's CPU index, when this machine can reach it (else pip's own configured sources)
+    if "$venv/bin/python" -c "import socket; socket.getaddrinfo('download.pytorch.org', 443)" 2>/dev/null; then
+      cpu_index=(--extra-index-url https://download.pytorch.org/whl/cpu)
+    fi
+    "${pip[@]}" "torch==2.13.0" ${cpu_index[@]+"${cpu_index[@]}"}
   fi
 fi
 echo "setup: installing posttrain and its dependencies into $venv"
