@@ -37,8 +37,11 @@ class StepTimer(TrainerCallback):
     def summary(self, warmup: int) -> dict:
         timed = self.times[warmup:]
         per_step = sum(timed) / len(timed)
-        return {"s_per_step": round(per_step, 3), "tokens_per_s": round(BATCH * TOKENS / per_step, 1),
-                "timed_steps": len(timed)}
+        return {
+            "s_per_step": round(per_step, 3),
+            "tokens_per_s": round(BATCH * TOKENS / per_step, 1),
+            "timed_steps": len(timed),
+        }
 
 
 def long_texts() -> list[dict]:
@@ -51,20 +54,29 @@ def long_texts() -> list[dict]:
 
 def run_posttrain(model_dir: str, quantization: str, steps: int, out: Path) -> dict:
     from posttrain.methods import sft
+    from posttrain.methods.common import run_method
     from posttrain.recipe import build_recipe
 
     data = out / "texts.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in long_texts()))
-    recipe = build_recipe({
-        "method": "sft",
-        "model": {"name": model_dir, "quantization": quantization},
-        "data": {"train": str(data), "max_length": TOKENS, "on_too_long": "truncate"},
-        "train": {"max_steps": steps, "per_device_train_batch_size": BATCH, "activation_checkpointing": False,
-                  "logging_steps": 1000, "save_strategy": "no", "report_to": "none"},
-        "output_dir": str(out / f"posttrain-{quantization}"),
-    })
+    recipe = build_recipe(
+        {
+            "method": "sft",
+            "model": {"name": model_dir, "quantization": quantization},
+            "data": {"train": str(data), "max_length": TOKENS, "on_too_long": "truncate"},
+            "train": {
+                "max_steps": steps,
+                "per_device_train_batch_size": BATCH,
+                "activation_checkpointing": False,
+                "logging_steps": 1000,
+                "save_strategy": "no",
+                "report_to": "none",
+            },
+            "output_dir": str(out / f"posttrain-{quantization}"),
+        }
+    )
     timer = StepTimer()
-    sft.run(recipe, echo=lambda _: None, before_train=lambda trainer: trainer.add_callback(timer))
+    run_method(sft, recipe, echo=lambda _: None, before_train=lambda trainer: trainer.add_callback(timer))
     return timer.summary(WARMUP)
 
 
@@ -75,18 +87,39 @@ def run_plain_trl(model_dir: str, quantized: bool, trl_defaults: bool, steps: in
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
     from trl import SFTConfig, SFTTrainer
 
-    settings = {"output_dir": str(out / "plain"), "max_steps": steps, "per_device_train_batch_size": BATCH,
-                "max_length": TOKENS, "logging_steps": 1000, "save_strategy": "no", "report_to": "none",
-                "learning_rate": 2e-4}
+    settings = {
+        "output_dir": str(out / "plain"),
+        "max_steps": steps,
+        "per_device_train_batch_size": BATCH,
+        "max_length": TOKENS,
+        "logging_steps": 1000,
+        "save_strategy": "no",
+        "report_to": "none",
+        "learning_rate": 2e-4,
+    }
     if not trl_defaults:
         settings |= {"bf16": False, "activation_checkpointing": False, "dataloader_pin_memory": False}
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=torch.float32) if quantized else None
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, quantization_config=quant,
-                                                 device_map={"": "cpu"} if quantized else None)
+    quant = (
+        BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.float32,
+        )
+        if quantized
+        else None
+    )
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.float32, quantization_config=quant, device_map={"": "cpu"} if quantized else None
+    )
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    trainer = SFTTrainer(model=model, args=SFTConfig(**settings), train_dataset=Dataset.from_list(long_texts()),
-                         processing_class=tokenizer, peft_config=LoraConfig(task_type="CAUSAL_LM", **LORA))
+    trainer = SFTTrainer(
+        model=model,
+        args=SFTConfig(**settings),
+        train_dataset=Dataset.from_list(long_texts()),
+        processing_class=tokenizer,
+        peft_config=LoraConfig(task_type="CAUSAL_LM", **LORA),
+    )
     if quantized and not trl_defaults:  # TRL casts QLoRA adapters to bf16; an fp32 run needs them back in fp32
         for param in trainer.model.parameters():
             if param.requires_grad:
@@ -128,8 +161,11 @@ def main() -> None:
         "benchmark": "sft_speed",
         "model": "smollm2-135m",
         "batch": f"{BATCH} x {TOKENS} tokens",
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                    "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },
         "torch": torch.__version__,
         "results": results,
     }

@@ -66,24 +66,49 @@ def load_method_recipe(recipe: str, method: str, overrides: list[str] | None, ou
     return load_recipe(recipe, (overrides or []) + extra, method=method)
 
 
-@app.command()
-@reports_user_errors
-def sft(
-    recipe: Annotated[str, typer.Argument(help="YAML path or shipped recipe name (see `posttrain recipes`).")],
-    overrides: Overrides = None,
-    output_dir: OutputDir = None,
-    resume: Resume = False,
-    overwrite: Overwrite = False,
-    dry_run: DryRun = False,
-):
-    """Supervised fine-tuning (instruction tuning) with QLoRA."""
-    from posttrain.methods import sft as method
+TRAINING_COMMANDS = {
+    "sft": "Supervised fine-tuning (instruction tuning) with QLoRA.",
+    "reward": "Train a reward model on binary comparisons (Llama 2 / InstructGPT step 2).",
+    "dpo": "Direct preference optimisation, usually on top of an SFT run.",
+    "orpo": "ORPO: instruction tuning and preference alignment in one stage, from a base model.",
+}
+RecipeArg = Annotated[str, typer.Argument(help="YAML path or shipped recipe name (see `posttrain recipes`).")]
 
-    loaded = load_method_recipe(recipe, "sft", overrides, output_dir)
+
+def train(method: str, recipe: str, overrides, output_dir, resume: bool, overwrite: bool, dry_run: bool) -> None:
+    import importlib
+
+    from posttrain.methods.common import run_method
+
+    loaded = load_method_recipe(recipe, method, overrides, output_dir)
     quiet_libraries()
-    metrics = method.run(loaded, resume=resume, overwrite=overwrite, dry_run=dry_run, echo=typer.echo)
+    module = importlib.import_module(f"posttrain.methods.{method}")
+    metrics = run_method(module, loaded, resume=resume, overwrite=overwrite, dry_run=dry_run, echo=typer.echo)
     if metrics is not None:
         typer.echo(f"done: run folder {loaded.output_dir} (train loss {metrics['train'].get('train_loss', 0):.4f})")
+        if "reward_accuracy" in metrics:
+            typer.echo(
+                f"eval accuracy {metrics['reward_accuracy']['accuracy']:.3f} "
+                f"on {metrics['reward_accuracy']['pairs']} held-out pairs"
+            )
+
+
+def add_training_command(method: str, help_text: str) -> None:
+    @app.command(name=method, help=help_text)
+    @reports_user_errors
+    def command(
+        recipe: RecipeArg,
+        overrides: Overrides = None,
+        output_dir: OutputDir = None,
+        resume: Resume = False,
+        overwrite: Overwrite = False,
+        dry_run: DryRun = False,
+    ):
+        train(method, recipe, overrides, output_dir, resume, overwrite, dry_run)
+
+
+for _method, _help_text in TRAINING_COMMANDS.items():
+    add_training_command(_method, _help_text)
 
 
 @app.command()
@@ -107,15 +132,17 @@ def recipes(
     keys: Annotated[bool, typer.Option("--keys", help="Also list every recipe key with its default.")] = False,
 ):
     """List the shipped recipes (run one by name: `posttrain sft smollm2-135m/sft`)."""
-    from posttrain.recipe import SECTIONS, field_help, read_yaml, shipped_recipes
+    from posttrain.recipe import METHOD_SECTIONS, SECTIONS, field_help, read_yaml, shipped_recipes
 
     for name, path in shipped_recipes().items():
         command = path.read_text(encoding="utf-8").splitlines()[0].lstrip("# ")
         method = read_yaml(path).get("method", "?")
         typer.echo(f"{name:<28} {method:<7} {command}")
     if keys:
-        for section, cls in SECTIONS.items():
-            typer.echo(f"\n{section}:")
+        method_sections = {name: cls for sections in METHOD_SECTIONS.values() for name, cls in sections.items()}
+        for section, cls in (SECTIONS | method_sections).items():
+            only = " (reward recipes)" if section in method_sections else ""
+            typer.echo(f"\n{section}:{only}")
             for key, default, text in field_help(cls):
                 typer.echo(f"  {key:<15} {default!s:<12} {text}")
         typer.echo("\ntrain:\n  any field of the method's TRL config (SFTConfig, DPOConfig, ...)")

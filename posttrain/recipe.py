@@ -96,6 +96,9 @@ class DataSection:
     on_too_long: Literal["drop", "truncate", "error"] = field(
         default="drop", metadata=_help("what to do with longer examples; always reported with counts")
     )
+    identical_pairs: Literal["drop", "error"] = field(
+        default="drop", metadata=_help("preference pairs whose chosen equals rejected; reported with counts")
+    )
 
     def __post_init__(self) -> None:
         if not self.train:
@@ -109,28 +112,51 @@ class DataSection:
 
 
 @dataclass
+class RewardSection:
+    margins: str | dict[str, float] = field(
+        default="small",
+        metadata=_help(
+            "margin per Llama 2 strength label: small (1, 2/3, 1/3, 0), large (3, 2, 1, 0), none, "
+            "or a {label: margin} mapping; a margin column in the data wins"
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.margins, str) and self.margins not in ("small", "large", "none"):
+            raise UserError(f"reward.margins must be small, large, none or a mapping, got {self.margins!r}.")
+
+    def margin_table(self) -> dict[str, float] | None:
+        from posttrain.data.preferences import STRENGTH_MARGINS
+
+        if isinstance(self.margins, dict):
+            return self.margins
+        return None if self.margins == "none" else STRENGTH_MARGINS[self.margins]
+
+
+@dataclass
 class Recipe:
     method: str
     model: ModelSection
     data: DataSection
     lora: LoraSection = field(default_factory=LoraSection)
+    reward: RewardSection = field(default_factory=RewardSection)
     train: dict[str, Any] = field(default_factory=dict)
     output_dir: str = ""
     source: str = ""  # where the recipe came from, for messages
 
     def to_dict(self) -> dict[str, Any]:
         """The recipe as YAML-ready data, in the order a person reads it."""
-        return {
-            "method": self.method,
-            "model": dataclasses.asdict(self.model),
-            "lora": dataclasses.asdict(self.lora),
-            "data": dataclasses.asdict(self.data),
-            "train": dict(self.train),
-            "output_dir": self.output_dir,
-        }
+        sections = {name: dataclasses.asdict(getattr(self, name)) for name in sections_of(self.method)}
+        return {"method": self.method, **sections, "train": dict(self.train), "output_dir": self.output_dir}
 
 
 SECTIONS = {"model": ModelSection, "lora": LoraSection, "data": DataSection}
+# Sections for what TRL has no field for, allowed only in their method's recipes.
+METHOD_SECTIONS = {"reward": {"reward": RewardSection}}
+
+
+def sections_of(method: str) -> dict[str, type]:
+    return SECTIONS | METHOD_SECTIONS.get(method, {})
 
 
 # ---------------------------------------------------------------- finding and reading recipes
@@ -205,10 +231,10 @@ def build_recipe(data: dict[str, Any], expected_method: str | None = None, sourc
         raise UserError(f"recipe key method must be one of {', '.join(METHODS)}, got {method!r}.")
     if expected_method and method != expected_method:
         raise UserError(f"this is a {method} recipe; run it with `posttrain {method} ...`.")
-    known = {"method", "train", "output_dir", *SECTIONS}
+    known = {"method", "train", "output_dir", *sections_of(method)}
     _reject_unknown(data, known, "")
     sections = {}
-    for name, cls in SECTIONS.items():
+    for name, cls in sections_of(method).items():
         values = data.get(name) or {}
         if not isinstance(values, dict):
             raise UserError(f"recipe key {name} must be a mapping of keys, got {values!r}.")

@@ -85,6 +85,10 @@ class RunFolder:
         staging = self.path / "adapter.partial"
         trainer.save_model(str(staging))
         if trainer.is_world_process_zero():
+            # The run's adapter is the trained "default" one; PEFT saves any other adapter a trainer added for
+            # itself (DPO's frozen reference copy) in a subfolder, which is not part of the result.
+            for extra in staging.glob("*/adapter_config.json"):
+                shutil.rmtree(extra.parent)
             shutil.rmtree(self.adapter, ignore_errors=True)
             staging.rename(self.adapter)
 

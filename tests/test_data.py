@@ -5,7 +5,7 @@ import json
 import pytest
 
 from posttrain.data.formats import normalise
-from posttrain.data.prepare import prepare_sft_data
+from posttrain.data.prepare import prepare_data
 from posttrain.data.sources import read_rows
 from posttrain.errors import UserError
 from posttrain.recipe import DataSection
@@ -133,15 +133,15 @@ def test_too_long_rows_are_dropped_truncated_or_refused_with_counts(tiny_model, 
     long_chat = [{"role": "user", "content": "word " * 300}, {"role": "assistant", "content": "Arr!"}]
     path = str(jsonl([{"messages": CHAT}] * 3 + [{"messages": long_chat}]))
 
-    dropped = prepare_sft_data(DataSection(train=path, max_length=64), tokenizer)
+    dropped = prepare_data(DataSection(train=path, max_length=64), tokenizer)
     assert len(dropped.train) == 3 and dropped.report.too_long == 1
     assert "1 of 4 rows longer than 64 tokens: dropped" in dropped.report.lines()[-1]
 
-    kept = prepare_sft_data(DataSection(train=path, max_length=64, on_too_long="truncate"), tokenizer)
+    kept = prepare_data(DataSection(train=path, max_length=64, on_too_long="truncate"), tokenizer)
     assert len(kept.train) == 4
 
     with pytest.raises(UserError, match=r"1 of 4 train rows are longer than data\.max_length=64 .*line 4"):
-        prepare_sft_data(DataSection(train=path, max_length=64, on_too_long="error"), tokenizer)
+        prepare_data(DataSection(train=path, max_length=64, on_too_long="error"), tokenizer)
 
 
 def test_eval_fraction_holds_out_rows_deterministically(tiny_model):
@@ -149,7 +149,7 @@ def test_eval_fraction_holds_out_rows_deterministically(tiny_model):
 
     tokenizer = load_tokenizer(tiny_model, "llama2")
     spec = DataSection(train="builtin:pirate_sft", eval_fraction=0.1, max_length=512)
-    first, second = prepare_sft_data(spec, tokenizer), prepare_sft_data(spec, tokenizer)
+    first, second = prepare_data(spec, tokenizer), prepare_data(spec, tokenizer)
     assert (len(first.train), len(first.eval)) == (108, 12)
     assert first.eval == second.eval
     assert not any(row in first.train for row in first.eval)

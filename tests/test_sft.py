@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from posttrain.methods import sft
+from posttrain.methods.common import run_method
 from posttrain.models.loading import resolve_model
 from posttrain.recipe import load_recipe
 
@@ -16,9 +17,8 @@ def train(recipe_path, overrides=(), **options):
         seen["trainer"] = trainer
         seen["before"] = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
 
-    metrics = sft.run(
-        load_recipe(str(recipe_path), list(overrides)), echo=lambda _: None, before_train=snapshot, **options
-    )
+    recipe = load_recipe(str(recipe_path), list(overrides))
+    metrics = run_method(sft, recipe, echo=lambda _: None, before_train=snapshot, **options)
     return seen["trainer"], seen["before"], metrics
 
 

@@ -6,7 +6,8 @@ import random
 import statistics
 from dataclasses import dataclass, field
 
-from posttrain.data.formats import SFT_FORMATS, normalise
+from posttrain.data.formats import normalise
+from posttrain.data.preferences import identical_pairs, normalise_preferences
 from posttrain.data.sources import Row, read_rows
 from posttrain.errors import UserError
 
@@ -17,6 +18,7 @@ class LengthReport:
     max_length: int
     action: str  # what on_too_long did
     too_long: int = 0
+    identical: int = 0  # preference pairs dropped because chosen == rejected
 
     def lines(self) -> list[str]:
         lengths = self.lengths
@@ -28,6 +30,8 @@ class LengthReport:
         if self.too_long:
             verb = {"drop": "dropped", "truncate": "truncated to max_length"}[self.action]
             lines.append(f"{self.too_long} of {len(lengths)} rows longer than {self.max_length} tokens: {verb}")
+        if self.identical:
+            lines.append(f"{self.identical} pairs with chosen identical to rejected: dropped")
         return lines
 
 
@@ -40,7 +44,11 @@ class PreparedData:
 
     @property
     def conversational(self) -> bool:
-        return "messages" in self.train[0]
+        return "messages" in self.train[0] or "prompt" in self.train[0]
+
+    @property
+    def strength_labels(self) -> bool:
+        return any("strength" in row for row in self.eval)
 
 
 def histogram(lengths: list[int], max_length: int, width: int = 30) -> list[str]:
@@ -62,9 +70,16 @@ def histogram(lengths: list[int], max_length: int, width: int = 30) -> list[str]
     ]
 
 
+def chat_length(tokenizer, messages: list[dict], **kwargs) -> int:
+    return len(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)["input_ids"])
+
+
 def token_length(tokenizer, example: dict) -> int:
+    """Tokens of a training example; for a preference pair, its longer side."""
+    if "chosen" in example:
+        return max(chat_length(tokenizer, example["prompt"] + example[side]) for side in ("chosen", "rejected"))
     if "messages" in example:
-        return len(tokenizer.apply_chat_template(example["messages"], tokenize=True, return_dict=True)["input_ids"])
+        return chat_length(tokenizer, example["messages"])
     return len(tokenizer(example["text"])["input_ids"]) + 1  # + the EOS that training appends
 
 
@@ -80,10 +95,28 @@ def measure(tokenizer, rows: list[Row], examples: list[dict]) -> list[int]:
     return lengths
 
 
-def load_examples(source: str, fmt: str, formats: dict = SFT_FORMATS) -> tuple[str, list[Row], list[dict]]:
+def load_examples(source: str, fmt: str, margins: dict | None = None, preference: bool = False):
+    """(format, rows, examples) of a source: SFT rows, or preference pairs when `preference` is set."""
     rows = read_rows(source)
-    fmt, examples = normalise(rows, fmt, formats)
+    if preference:
+        fmt, examples = normalise_preferences(rows, fmt, margins)
+    else:
+        fmt, examples = normalise(rows, fmt)
     return fmt, rows, examples
+
+
+def drop_identical_pairs(rows: list[Row], examples: list[dict], action: str, label: str) -> tuple[list, list, int]:
+    """Pairs whose chosen equals rejected teach nothing: drop them (counted) or refuse, per data.identical_pairs."""
+    same = identical_pairs(rows, examples)
+    if same and action == "error":
+        raise UserError(
+            f"{len(same)} of {len(rows)} {label} pairs have chosen identical to rejected (first at "
+            f"{same[0].where}). Fix them, or set data.identical_pairs: drop."
+        )
+    keep = [i for i, e in enumerate(examples) if e["chosen"] != e["rejected"]]
+    if not keep:
+        raise UserError(f"every {label} pair has chosen identical to rejected; nothing to learn from.")
+    return [rows[i] for i in keep], [examples[i] for i in keep], len(same)
 
 
 def apply_max_length(rows, examples, lengths, max_length: int, action: str, label: str):
@@ -106,19 +139,22 @@ def apply_max_length(rows, examples, lengths, max_length: int, action: str, labe
     return examples, len(too_long)
 
 
-def prepare_sft_data(data, tokenizer, seed: int = 42) -> PreparedData:
+def prepare_data(data, tokenizer, seed: int = 42, preference: bool = False, margins: dict | None = None):
     """Read, check and measure the train (and eval) rows of a recipe's `data:` section."""
-    fmt, rows, examples = load_examples(data.train, data.format)
-    lengths = measure(tokenizer, rows, examples)
-    train, too_long = apply_max_length(rows, examples, lengths, data.max_length, data.on_too_long, "train")
-    report = LengthReport(lengths, data.max_length, data.on_too_long, too_long)
+
+    def load(source: str, fmt: str, label: str):
+        fmt, rows, examples = load_examples(source, fmt, margins, preference)
+        identical = 0
+        if preference:
+            rows, examples, identical = drop_identical_pairs(rows, examples, data.identical_pairs, label)
+        lengths = measure(tokenizer, rows, examples)
+        kept, too_long = apply_max_length(rows, examples, lengths, data.max_length, data.on_too_long, label)
+        return fmt, kept, LengthReport(lengths, data.max_length, data.on_too_long, too_long, identical)
+
+    fmt, train, report = load(data.train, data.format, "train")
     evaluation: list[dict] = []
     if data.eval:
-        _, eval_rows, eval_examples = load_examples(data.eval, fmt)
-        eval_lengths = measure(tokenizer, eval_rows, eval_examples)
-        evaluation, _ = apply_max_length(
-            eval_rows, eval_examples, eval_lengths, data.max_length, data.on_too_long, "eval"
-        )
+        _, evaluation, _ = load(data.eval, fmt, "eval")
     elif data.eval_fraction:
         train, evaluation = split(train, data.eval_fraction, seed)
     return PreparedData(fmt, train, evaluation, report)

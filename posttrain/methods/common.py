@@ -3,13 +3,15 @@ folder, load the 4-bit base with its adapter, then train, save and record metric
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from posttrain.data.prepare import PreparedData
 from posttrain.errors import UserError
-from posttrain.models.loading import ModelRef, add_lora, load_base_model, load_tokenizer, resolve_model
-from posttrain.precision import Hardware, choose_precision, detect_hardware, keep_trainable_fp32
+from posttrain.models.loading import ModelRef, add_lora, load_base_model, load_tokenizer, method_of_run, resolve_model
+from posttrain.precision import Hardware, choose_precision, detect_hardware, keep_trainable_fp32, trainer_flags
 from posttrain.recipe import Recipe, save_recipe
 from posttrain.runs import RunFolder, library_versions
 
@@ -45,10 +47,33 @@ class Stage:
         ]
 
 
+# Which earlier runs a method may continue from: causal-LM adapters chain; a reward model is another head.
+CONTINUES_FROM = {
+    "sft": {"sft", "dpo", "orpo"},
+    "dpo": {"sft", "dpo", "orpo"},
+    "orpo": {"sft", "dpo", "orpo"},
+    "reward": {"reward"},
+}
+
+
+def check_continues_from(method: str, run: Path, key: str) -> None:
+    previous = method_of_run(run)
+    allowed = CONTINUES_FROM.get(method, set())
+    if previous not in allowed:
+        wanted = " or ".join(sorted(allowed)) or "no"
+        base = "set model.name to its base model" if previous == "sft" and method == "reward" else "name another run"
+        raise UserError(
+            f"{key}: {run} is a {previous} run, but {method} continues from {wanted} runs "
+            f"(or starts from a base model); {base}."
+        )
+
+
 def prepare_stage(recipe: Recipe) -> Stage:
     hardware = detect_hardware()
     precision = choose_precision(recipe.model.precision, hardware)
     model = resolve_model(recipe.model.name)
+    if model.is_run:
+        check_continues_from(recipe.method, model.adapter.parent, "model.name")
     adapter = model.adapter
     if recipe.model.adapter:
         if adapter is not None:
@@ -59,6 +84,7 @@ def prepare_stage(recipe: Recipe) -> Stage:
         adapter_run = resolve_model(recipe.model.adapter)
         if not adapter_run.is_run:
             raise UserError(f"model.adapter: {recipe.model.adapter} is not a posttrain run folder with an adapter.")
+        check_continues_from(recipe.method, adapter_run.adapter.parent, "model.adapter")
         if adapter_run.base != model.base:
             raise UserError(
                 f"model.adapter: {recipe.model.adapter} was trained on {adapter_run.name}, not on {model.name}."
@@ -70,9 +96,48 @@ def prepare_stage(recipe: Recipe) -> Stage:
 
 def load_trainable_model(stage: Stage, task_type: str = "CAUSAL_LM"):
     r = stage.recipe.model
-    base = load_base_model(stage.model, r.quantization, r.double_quant, stage.precision)
+    base = load_base_model(stage.model, r.quantization, r.double_quant, stage.precision, task_type)
     base.config.pad_token_id = stage.tokenizer.pad_token_id
     return add_lora(base, stage.recipe.lora, stage.adapter, task_type)
+
+
+# Defaults every method puts under the recipe's `train:` (the recipe wins).
+COMMON_TRAIN_DEFAULTS = {
+    "per_device_train_batch_size": 4,
+    "num_train_epochs": 1,
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 0.03,
+    "logging_steps": 5,
+    "save_strategy": "steps",
+    "save_steps": 50,
+    "save_total_limit": 2,
+    "report_to": ["tensorboard"],
+    "seed": 42,
+}
+
+
+def resolve_train_settings(recipe: Recipe, defaults: dict) -> None:
+    """Put the method's defaults under the recipe's `train:`, so the saved recipe.yaml shows what was used."""
+    recipe.train = defaults | recipe.train
+
+
+def trl_config(config_cls: type, stage: Stage):
+    """The method's TRL config from the resolved recipe, with posttrain's precision and run folder."""
+    return config_cls(
+        output_dir=str(stage.run.checkpoints),
+        max_length=stage.recipe.data.max_length,
+        **trainer_flags(stage.precision, stage.hardware),
+        **stage.recipe.train,
+    )
+
+
+def datasets_of(data: PreparedData) -> dict:
+    from datasets import Dataset
+
+    return {
+        "train_dataset": Dataset.from_list(data.train),
+        "eval_dataset": Dataset.from_list(data.eval) if data.eval else None,
+    }
 
 
 def start_run(stage: Stage, *, resume: bool, overwrite: bool) -> None:
@@ -93,7 +158,7 @@ def tensorboard_callbacks(config, logs_dir: Path) -> list:
     return [callback]
 
 
-def train_and_finish(stage: Stage, trainer, *, resume: bool, extra_metrics: dict | None = None) -> dict:
+def train_and_finish(stage: Stage, trainer, *, resume: bool, extra_metrics: Callable[[], dict]) -> dict:
     """Train (from the last checkpoint with --resume), save adapter and tokenizer, then write metrics.json."""
     keep_trainable_fp32(trainer.model)
     checkpoint = str(stage.run.latest_checkpoint()) if resume else None
@@ -101,6 +166,7 @@ def train_and_finish(stage: Stage, trainer, *, resume: bool, extra_metrics: dict
     metrics = {"train": result.metrics, "final_step": trainer.state.global_step}
     if trainer.eval_dataset is not None:
         metrics["eval"] = trainer.evaluate()
+    metrics |= extra_metrics()
     stage.run.save_adapter(trainer)
     if trainer.is_world_process_zero():
         stage.tokenizer.save_pretrained(stage.run.path)
@@ -108,7 +174,71 @@ def train_and_finish(stage: Stage, trainer, *, resume: bool, extra_metrics: dict
             "precision": stage.precision,
             "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
             "log_history": trainer.state.log_history,
-            **(extra_metrics or {}),
         }
         stage.run.write_metrics(metrics)
     return metrics
+
+
+class Method(Protocol):
+    """What a method module (sft, reward, dpo, orpo) provides to `run_method`."""
+
+    def prepare(self, recipe: Recipe) -> tuple[Stage, PreparedData]: ...
+
+    def build_trainer(self, stage: Stage, data: PreparedData): ...
+
+    def extra_metrics(self, trainer, stage: Stage, data: PreparedData) -> dict: ...
+
+
+def run_method(
+    method: Method,
+    recipe: Recipe,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    dry_run: bool = False,
+    echo: Callable[[str], None] = print,
+    before_train: Callable | None = None,
+) -> dict | None:
+    """`posttrain <method>`: check everything, print the plan, then train and write the run folder."""
+    stage, data = method.prepare(recipe)
+    stage.run.check_writable(resume=resume, overwrite=overwrite)
+    for line in stage.plan_lines() + describe_data(data):
+        echo(line)
+    if dry_run:
+        echo("dry run: recipe, model and data are valid; no weights were loaded and nothing was written.")
+        return None
+    start_run(stage, resume=resume, overwrite=overwrite)
+    trainer = method.build_trainer(stage, data)
+    if before_train is not None:
+        before_train(trainer)
+    return train_and_finish(
+        stage,
+        trainer,
+        resume=resume,
+        extra_metrics=lambda: data_metrics(data) | method.extra_metrics(trainer, stage, data),
+    )
+
+
+def describe_data(data: PreparedData) -> list[str]:
+    if "chosen" in data.train[0]:
+        loss = "preference pairs"
+    elif data.conversational:
+        loss = "loss on assistant turns only"
+    else:
+        loss = "loss on every token (continued pretraining)"
+    lines = [f"data        {data.format}: {len(data.train)} train rows, {len(data.eval)} eval rows; {loss}"]
+    return lines + data.report.lines()
+
+
+def data_metrics(data: PreparedData) -> dict:
+    report = data.report
+    return {
+        "data": {
+            "format": data.format,
+            "train_rows": len(data.train),
+            "eval_rows": len(data.eval),
+            "too_long": report.too_long,
+            "on_too_long": report.action,
+            "identical_pairs": report.identical,
+        }
+    }

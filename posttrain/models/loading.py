@@ -62,7 +62,7 @@ def _resolve_run(run: Path) -> ModelRef:
     return ModelRef(base.name, base.base, str(run), adapter=run / "adapter")
 
 
-def run_method(run: Path) -> str | None:
+def method_of_run(run: Path) -> str | None:
     """The method that produced a run folder (sft, reward, ...), read from its recipe.yaml."""
     record = yaml.safe_load((run / "recipe.yaml").read_text(encoding="utf-8")) or {}
     return record.get("method")
@@ -129,34 +129,42 @@ def load_tokenizer(ref: ModelRef, chat_template: str):
     return prepare_tokenizer(tokenizer, "model" if ref.is_run else chat_template)
 
 
-def load_base_model(ref: ModelRef, quantization: str, double_quant: bool, precision: str):
-    """The frozen base, quantized with bitsandbytes unless quantization is none, with sdpa attention."""
+def load_base_model(ref: ModelRef, quantization: str, double_quant: bool, precision: str, task_type: str = "CAUSAL_LM"):
+    """The frozen base, quantized with bitsandbytes unless quantization is none, with sdpa attention.
+
+    task_type SEQ_CLS gives the base a one-output score head (a reward model); the head is never quantized.
+    """
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from posttrain.precision import torch_dtype
 
     dtype = torch_dtype(precision)
     kwargs = {"dtype": dtype, "attn_implementation": "sdpa"}
+    auto_class = AutoModelForCausalLM
+    if task_type == "SEQ_CLS":
+        auto_class, kwargs["num_labels"] = AutoModelForSequenceClassification, 1
     if quantization != "none":
-        kwargs["quantization_config"] = quantization_config(quantization, double_quant, dtype)
+        kwargs["quantization_config"] = quantization_config(quantization, double_quant, dtype, task_type)
         kwargs["device_map"] = {"": _device()}
     elif torch.cuda.is_available():
         kwargs["device_map"] = {"": _device()}
     with hub_errors(ref.base):
-        return AutoModelForCausalLM.from_pretrained(ref.base, **kwargs)
+        return auto_class.from_pretrained(ref.base, **kwargs)
 
 
-def quantization_config(quantization: str, double_quant: bool, dtype):
+def quantization_config(quantization: str, double_quant: bool, dtype, task_type: str = "CAUSAL_LM"):
     from transformers import BitsAndBytesConfig
 
+    keep = ["score"] if task_type == "SEQ_CLS" else None  # the reward head stays in full precision
     if quantization == "int8":
-        return BitsAndBytesConfig(load_in_8bit=True)
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=keep)
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=quantization,
         bnb_4bit_use_double_quant=double_quant,
         bnb_4bit_compute_dtype=dtype,
+        llm_int8_skip_modules=keep,
     )
 
 
@@ -182,5 +190,6 @@ def add_lora(model, lora, adapter: Path | None, task_type: str = "CAUSAL_LM"):
         lora_dropout=lora.dropout,
         target_modules=lora.target_modules,
         task_type=task_type,
+        modules_to_save=["score"] if task_type == "SEQ_CLS" else None,  # the reward head trains in full
     )
     return get_peft_model(model, config)
