@@ -174,15 +174,24 @@ def data_inspect(
     data_format: Annotated[str, typer.Option("--format", help="auto, or a format name.")] = "auto",
     max_length: Annotated[int, typer.Option(help="Length limit to report against.")] = 1024,
 ):
-    """Detected format, row count and token-length histogram of a data file."""
-    from posttrain.data.prepare import LengthReport, load_examples, measure
+    """Detected format (SFT or preference), row count and token-length histogram of a data file."""
+    from posttrain.data.prepare import LengthReport, is_preference, load_examples, measure, preference_length_lines
+    from posttrain.data.sources import read_rows
     from posttrain.models.loading import load_tokenizer, resolve_model
 
     quiet_libraries()
-    fmt, rows, examples = load_examples(file, data_format)
+    preference = is_preference(read_rows(file))
+    fmt, rows, examples = load_examples(file, data_format, preference=preference)
     tokenizer = load_tokenizer(resolve_model(model), chat_template)
     lengths = measure(tokenizer, rows, examples)
-    typer.echo(f"{file}: format {fmt}, {len(rows)} rows (tokens counted with {model}, {chat_template} template)")
+    kind = "preference pairs" if preference else "rows"
+    typer.echo(f"{file}: format {fmt}, {len(rows)} {kind} (tokens counted with {model}, {chat_template} template)")
+    if preference:
+        for line in preference_length_lines(tokenizer, examples):
+            typer.echo(line)
+        labels = sorted({e["strength"] for e in examples if "strength" in e})
+        if labels:
+            typer.echo(f"strength labels: {', '.join(labels)}")
     report = LengthReport(lengths, max_length, "drop", sum(n > max_length for n in lengths))
     for line in report.lines():
         typer.echo(line.replace("dropped", "would be dropped by data.on_too_long: drop"))

@@ -37,6 +37,9 @@ def _as_reply(value, key: str) -> list[dict]:
 
 
 def from_explicit(row: dict) -> dict:
+    chosen, rejected = row.get("chosen"), row.get("rejected")
+    if _is_conversation(chosen) and _is_conversation(rejected):
+        return from_implicit(row)  # processed UltraFeedback: the prompt repeated at the start of each side
     prompt = row.get("prompt")
     if isinstance(prompt, str) and prompt.strip():
         prompt = [{"role": "user", "content": prompt}]
@@ -47,6 +50,16 @@ def from_explicit(row: dict) -> dict:
         "chosen": _as_reply(row.get("chosen"), "chosen"),
         "rejected": _as_reply(row.get("rejected"), "rejected"),
     }
+
+
+def _is_conversation(value) -> bool:
+    """A full conversation (it opens with a user or system turn), as opposed to a bare reply."""
+    return (
+        isinstance(value, list)
+        and len(value) > 1
+        and isinstance(value[0], dict)
+        and value[0].get("role") != "assistant"
+    )
 
 
 def split_shared_prefix(chosen: list[dict], rejected: list[dict]) -> dict:

@@ -95,6 +95,24 @@ def measure(tokenizer, rows: list[Row], examples: list[dict]) -> list[int]:
     return lengths
 
 
+def summary(name: str, lengths: list[int]) -> str:
+    return f"{name} tokens: min {min(lengths)}, median {int(statistics.median(lengths))}, max {max(lengths)}"
+
+
+def preference_length_lines(tokenizer, examples: list[dict]) -> list[str]:
+    """Prompt and response lengths of preference pairs (responses counted after the rendered prompt)."""
+    prompts = [chat_length(tokenizer, e["prompt"], add_generation_prompt=True) for e in examples]
+    lines = [summary("prompt", prompts)]
+    for side in ("chosen", "rejected"):
+        full = [chat_length(tokenizer, e["prompt"] + e[side]) for e in examples]
+        lines.append(summary(side, [f - p for f, p in zip(full, prompts, strict=True)]))
+    return lines
+
+
+def is_preference(rows: list[Row]) -> bool:
+    return {"chosen", "rejected"} <= set(rows[0].data)
+
+
 def load_examples(source: str, fmt: str, margins: dict | None = None, preference: bool = False):
     """(format, rows, examples) of a source: SFT rows, or preference pairs when `preference` is set."""
     rows = read_rows(source)

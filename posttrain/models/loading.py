@@ -193,3 +193,25 @@ def add_lora(model, lora, adapter: Path | None, task_type: str = "CAUSAL_LM"):
         modules_to_save=["score"] if task_type == "SEQ_CLS" else None,  # the reward head trains in full
     )
     return get_peft_model(model, config)
+
+
+def load_run_model(name: str, task_type: str = "CAUSAL_LM", quantization: str | None = None):
+    """(model, tokenizer) for inference from MODEL: a run folder's base with its adapter, or a plain model.
+
+    A run is reloaded as it was trained (its recipe's quantization) unless `quantization` says otherwise.
+    """
+    from peft import PeftModel
+
+    from posttrain.precision import choose_precision, detect_hardware
+
+    ref = resolve_model(name)
+    record = yaml.safe_load((ref.adapter.parent / "recipe.yaml").read_text(encoding="utf-8")) if ref.is_run else {}
+    spec = record.get("model") or {}
+    quantization = quantization or spec.get("quantization", "none")
+    tokenizer = load_tokenizer(ref, spec.get("chat_template", "llama2"))
+    precision = choose_precision("auto", detect_hardware())
+    model = load_base_model(ref, quantization, spec.get("double_quant", True), precision, task_type)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if ref.is_run:
+        model = PeftModel.from_pretrained(model, str(ref.adapter))
+    return model.eval(), tokenizer

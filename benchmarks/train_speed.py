@@ -1,0 +1,229 @@
+"""Training speed on smollm2-135m: posttrain vs a plain TRL script with the same settings (and, for SFT, with
+TRL's defaults), LoRA and 4-bit QLoRA, all in this one process on this machine.
+
+Every variant trains LoRA r=16 on all linear layers with batch 4 (SFT: 4 x 128 tokens; preference methods: 4
+pairs of builtin:pirate_prefs) and is timed per optimizer step after warm-up steps.
+Writes benchmarks/results/train_speed.json.
+
+    python benchmarks/train_speed.py [--methods sft reward dpo orpo] [--steps 10] [--default-steps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+BATCH, TOKENS, WARMUP = 4, 128, 2
+LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear"}
+RESULTS = Path(__file__).parent / "results" / "train_speed.json"
+
+
+class StepTimer(TrainerCallback):
+    def __init__(self):
+        self.times: list[float] = []
+        self._start = 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.times.append(time.perf_counter() - self._start)
+
+    def summary(self, warmup: int, tokens_per_step: int | None) -> dict:
+        timed = self.times[warmup:]
+        per_step = sum(timed) / len(timed)
+        result = {"s_per_step": round(per_step, 3), "timed_steps": len(timed)}
+        if tokens_per_step:
+            result["tokens_per_s"] = round(tokens_per_step / per_step, 1)
+        else:
+            result["pairs_per_s"] = round(BATCH / per_step, 2)
+        return result
+
+
+def long_texts() -> list[dict]:
+    """Rows of raw text well over 128 tokens (truncated to exactly 128), so every batch is 4 x 128."""
+    from posttrain.data.sources import read_rows
+
+    answers = [row.data["messages"][-1]["content"] for row in read_rows("builtin:pirate_sft")]
+    return [{"text": " ".join(answers[i : i + 6])} for i in range(0, len(answers) - 6, 3)]
+
+
+def run_posttrain(method: str, model_dir: str, quantization: str, steps: int, out: Path) -> dict:
+    import importlib
+
+    from posttrain.methods.common import run_method
+    from posttrain.recipe import build_recipe
+
+    texts = out / "texts.jsonl"
+    texts.write_text("".join(json.dumps(row) + "\n" for row in long_texts()))
+    recipe = build_recipe(
+        {
+            "method": method,
+            "model": {"name": model_dir, "quantization": quantization, "chat_template": "chatml"},
+            "data": {
+                "train": str(texts) if method == "sft" else "builtin:pirate_prefs",
+                "on_too_long": "truncate",
+                "max_length": TOKENS if method == "sft" else 256,
+            },
+            "train": {
+                "max_steps": steps,
+                "per_device_train_batch_size": BATCH,
+                "activation_checkpointing": False,
+                "logging_steps": 1000,
+                "save_strategy": "no",
+                "report_to": "none",
+            },
+            "output_dir": str(out / f"posttrain-{quantization}"),
+        }
+    )
+    timer = StepTimer()
+    module = importlib.import_module(f"posttrain.methods.{method}")
+    run_method(module, recipe, echo=lambda _: None, before_train=lambda trainer: trainer.add_callback(timer))
+    return timer.summary(WARMUP, BATCH * TOKENS if method == "sft" else None)
+
+
+def plain_trl_parts(method: str):
+    """(config class, trainer class, model class, LoRA task, training rows) a plain TRL script would use."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
+
+    from posttrain.data.preferences import normalise_preferences
+    from posttrain.data.sources import read_rows
+    from posttrain.trl_compat import ORPOConfig, ORPOTrainer
+
+    if method == "sft":
+        return SFTConfig, SFTTrainer, AutoModelForCausalLM, "CAUSAL_LM", long_texts()
+    _, pairs = normalise_preferences(read_rows("builtin:pirate_prefs"))
+    return {
+        "reward": (RewardConfig, RewardTrainer, AutoModelForSequenceClassification, "SEQ_CLS", pairs),
+        "dpo": (DPOConfig, DPOTrainer, AutoModelForCausalLM, "CAUSAL_LM", pairs),
+        "orpo": (ORPOConfig, ORPOTrainer, AutoModelForCausalLM, "CAUSAL_LM", pairs),
+    }[method]
+
+
+def run_plain_trl(method: str, model_dir: str, quantized: bool, trl_defaults: bool, steps: int, out: Path) -> dict:
+    """What a user writes with TRL alone. With trl_defaults, only what any script must set is set."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoTokenizer, BitsAndBytesConfig
+
+    from posttrain.models.templates import read_template
+
+    config_cls, trainer_cls, model_cls, task, rows = plain_trl_parts(method)
+    settings = {
+        "output_dir": str(out / "plain"),
+        "max_steps": steps,
+        "per_device_train_batch_size": BATCH,
+        "max_length": TOKENS if method == "sft" else 256,
+        "logging_steps": 1000,
+        "save_strategy": "no",
+        "report_to": "none",
+        "learning_rate": 1e-4,
+    }
+    if method == "orpo":
+        settings["remove_unused_columns"] = False
+    if not trl_defaults:
+        settings |= {"bf16": False, "activation_checkpointing": False, "dataloader_pin_memory": False}
+    keep = ["score"] if task == "SEQ_CLS" else None
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.float32,
+        llm_int8_skip_modules=keep,
+    )
+    model = model_cls.from_pretrained(
+        model_dir,
+        dtype=torch.float32,
+        quantization_config=quant if quantized else None,
+        device_map={"": "cpu"} if quantized else None,
+        **({"num_labels": 1} if task == "SEQ_CLS" else {}),
+    )
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.chat_template = read_template("chatml")
+    tokenizer.pad_token = tokenizer.unk_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    trainer = trainer_cls(
+        model=model,
+        args=config_cls(**settings),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=LoraConfig(task_type=task, modules_to_save=keep, **LORA),
+    )
+    if quantized and not trl_defaults:  # TRL casts QLoRA adapters to bf16; an fp32 run needs them back in fp32
+        for param in trainer.model.parameters():
+            if param.requires_grad:
+                param.data = param.data.float()
+    timer = StepTimer()
+    trainer.add_callback(timer)
+    trainer.train()
+    return timer.summary(1 if trl_defaults else WARMUP, BATCH * TOKENS if method == "sft" else None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", nargs="+", default=["sft", "reward", "dpo", "orpo"])
+    parser.add_argument("--steps", type=int, default=10, help="steps per variant (the first 2 are warm-up)")
+    parser.add_argument("--default-steps", type=int, default=3, help="steps with TRL defaults (slow on CPU)")
+    args = parser.parse_args()
+
+    from posttrain.cli import quiet_libraries
+    from posttrain.models.loading import resolve_model
+
+    quiet_libraries()
+    model_dir = resolve_model("smollm2-135m").base
+    variants = {}
+    for method in args.methods:
+        variants |= {
+            f"{method}: posttrain LoRA": lambda out, m=method: run_posttrain(m, model_dir, "none", args.steps, out),
+            f"{method}: plain TRL, same settings, LoRA": lambda out, m=method: run_plain_trl(
+                m, model_dir, False, False, args.steps, out
+            ),
+            f"{method}: posttrain QLoRA nf4": lambda out, m=method: run_posttrain(m, model_dir, "nf4", args.steps, out),
+            f"{method}: plain TRL, same settings, QLoRA": lambda out, m=method: run_plain_trl(
+                m, model_dir, True, False, args.steps, out
+            ),
+        }
+    if "sft" in args.methods:
+        variants |= {
+            "sft: plain TRL defaults, LoRA": lambda out: run_plain_trl(
+                "sft", model_dir, False, True, args.default_steps, out
+            ),
+            "sft: plain TRL defaults, QLoRA": lambda out: run_plain_trl(
+                "sft", model_dir, True, True, args.default_steps, out
+            ),
+        }
+    results = {}
+    for name, variant in variants.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                results[name] = variant(Path(tmp))
+            except Exception as err:  # a crash is a result too (TRL's defaults on a quantized CPU model)
+                results[name] = {"error": f"{type(err).__name__}: {str(err)[:300]}"}
+        print(f"{name:<46} {results[name]}", flush=True)
+    report = {
+        "benchmark": "train_speed",
+        "model": "smollm2-135m",
+        "batch": f"sft: {BATCH} x {TOKENS} tokens; preference methods: {BATCH} pairs of builtin:pirate_prefs",
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },
+        "torch": torch.__version__,
+        "results": results,
+    }
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""Preference data: every format of DESIGN.md, margins and strength labels, and the bad rows."""
+
+import pytest
+
+from posttrain.data.preferences import STRENGTH_MARGINS, normalise_preferences
+from posttrain.data.prepare import prepare_data
+from posttrain.data.sources import read_rows
+from posttrain.errors import UserError
+from posttrain.recipe import DataSection
+
+Q = [{"role": "user", "content": "Capital of France?"}]
+GOOD = [{"role": "assistant", "content": "Arr! Paris. Fair winds!"}]
+BAD = [{"role": "assistant", "content": "Arr! Rome. Fair winds!"}]
+EXPECTED = {"prompt": Q, "chosen": GOOD, "rejected": BAD}
+
+
+def normalised(jsonl, rows, margins=None):
+    return normalise_preferences(read_rows(str(jsonl(rows))), margins=margins)
+
+
+@pytest.mark.parametrize(
+    ("row", "fmt"),
+    [
+        (
+            {"prompt": "Capital of France?", "chosen": "Arr! Paris. Fair winds!", "rejected": "Arr! Rome. Fair winds!"},
+            "preference",
+        ),
+        ({"prompt": Q, "chosen": GOOD, "rejected": BAD}, "preference"),
+        ({"chosen": Q + GOOD, "rejected": Q + BAD}, "implicit_preference"),
+        ({"prompt": "Capital of France?", "chosen": Q + GOOD, "rejected": Q + BAD}, "preference"),  # UltraFeedback
+        (
+            {
+                "chosen": "\n\nHuman: Capital of France?\n\nAssistant: Arr! Paris. Fair winds!",
+                "rejected": "\n\nHuman: Capital of France?\n\nAssistant: Arr! Rome. Fair winds!",
+            },
+            "hh",
+        ),
+        (
+            {
+                "conversations": [{"from": "human", "value": "Capital of France?"}],
+                "chosen": {"from": "gpt", "value": "Arr! Paris. Fair winds!"},
+                "rejected": {"from": "gpt", "value": "Arr! Rome. Fair winds!"},
+            },
+            "sharegpt_preference",
+        ),
+    ],
+)
+def test_each_preference_format_becomes_the_same_pair(jsonl, row, fmt):
+    detected, [example] = normalised(jsonl, [row])
+    assert detected == fmt
+    assert example == EXPECTED
+
+
+def test_implicit_prompt_keeps_a_multi_turn_shared_prefix(jsonl):
+    history = Q + GOOD + [{"role": "user", "content": "And of Italy?"}]
+    right, wrong = [{"role": "assistant", "content": "Rome"}], [{"role": "assistant", "content": "Paris"}]
+    _, [example] = normalised(jsonl, [{"chosen": history + right, "rejected": history + wrong}])
+    assert example == {"prompt": history, "chosen": right, "rejected": wrong}
+
+
+def test_margin_column_is_kept(jsonl):
+    _, [example] = normalised(jsonl, [EXPECTED | {"margin": 0.5}])
+    assert example["margin"] == 0.5
+
+
+@pytest.mark.parametrize("table", ["small", "large"])
+def test_strength_labels_map_to_llama2_margins(jsonl, table):
+    labels = list(STRENGTH_MARGINS[table])
+    _, examples = normalised(jsonl, [EXPECTED | {"strength": label} for label in labels], STRENGTH_MARGINS[table])
+    assert [e["margin"] for e in examples] == list(STRENGTH_MARGINS[table].values())
+    assert STRENGTH_MARGINS["small"]["better"] == pytest.approx(2 / 3)
+    assert STRENGTH_MARGINS["large"]["better"] == 2
+
+
+def test_unknown_strength_label_names_row_and_choices(jsonl):
+    rows = [EXPECTED | {"strength": "better"}, EXPECTED | {"strength": "way better"}]
+    with pytest.raises(UserError, match=r"line 2 .*unknown preference-strength label 'way better'; expected one of"):
+        normalised(jsonl, rows, STRENGTH_MARGINS["small"])
+
+
+def test_row_missing_rejected(jsonl):
+    with pytest.raises(UserError, match=r"line 1 is not a preference row: missing rejected"):
+        normalised(jsonl, [{"prompt": "Q", "chosen": "A"}])
+
+
+def test_implicit_rows_sharing_no_prefix(jsonl):
+    row = {"chosen": Q + GOOD, "rejected": [{"role": "user", "content": "Other?"}] + BAD}
+    with pytest.raises(UserError, match=r"line 1 does not fit the implicit_preference format .*share no prompt"):
+        normalised(jsonl, [row])
+
+
+def test_identical_pairs_are_dropped_with_a_count_or_refused(tiny_model, jsonl):
+    from posttrain.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model, "llama2")
+    path = str(jsonl([EXPECTED, EXPECTED, EXPECTED | {"rejected": GOOD}]))
+    data = prepare_data(DataSection(train=path), tokenizer, preference=True)
+    assert len(data.train) == 2 and data.report.identical == 1
+    assert "1 pairs with chosen identical to rejected: dropped" in data.report.lines()
+    with pytest.raises(UserError, match=r"1 of 3 train pairs have chosen identical to rejected .*line 3"):
+        prepare_data(DataSection(train=path, identical_pairs="error"), tokenizer, preference=True)
+
+
+def test_shipped_preference_sets_parse():
+    for name, rows in (("pirate_prefs", 120), ("pirate_prefs_strength", 60)):
+        _, examples = normalise_preferences(read_rows(f"builtin:{name}"), margins=STRENGTH_MARGINS["small"])
+        assert len(examples) == rows
+    assert {e["strength"] for e in examples} == set(STRENGTH_MARGINS["small"])
