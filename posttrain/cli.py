@@ -71,6 +71,7 @@ TRAINING_COMMANDS = {
     "reward": "Train a reward model on binary comparisons (Llama 2 / InstructGPT step 2).",
     "dpo": "Direct preference optimisation, usually on top of an SFT run.",
     "orpo": "ORPO: instruction tuning and preference alignment in one stage, from a base model.",
+    "ppo": "RLHF with PPO (experimental): policy, reference, value and reward adapters on one 4-bit base.",
 }
 RecipeArg = Annotated[str, typer.Argument(help="YAML path or shipped recipe name (see `posttrain recipes`).")]
 
@@ -83,8 +84,10 @@ def train(method: str, recipe: str, overrides, output_dir, resume: bool, overwri
     loaded = load_method_recipe(recipe, method, overrides, output_dir)
     quiet_libraries()
     module = importlib.import_module(f"posttrain.methods.{method}")
-    metrics = run_method(module, loaded, resume=resume, overwrite=overwrite, dry_run=dry_run, echo=typer.echo)
-    if metrics is not None:
+    options = {"resume": resume, "overwrite": overwrite, "dry_run": dry_run, "echo": typer.echo}
+    # ppo is posttrain's own trainer; the TRL-backed methods share run_method
+    metrics = module.run(loaded, **options) if hasattr(module, "run") else run_method(module, loaded, **options)
+    if metrics is not None and "train" in metrics:
         typer.echo(f"done: run folder {loaded.output_dir} (train loss {metrics['train'].get('train_loss', 0):.4f})")
         if "reward_accuracy" in metrics:
             typer.echo(
@@ -141,7 +144,7 @@ def recipes(
     if keys:
         method_sections = {name: cls for sections in METHOD_SECTIONS.values() for name, cls in sections.items()}
         for section, cls in (SECTIONS | method_sections).items():
-            only = " (reward recipes)" if section in method_sections else ""
+            only = f" ({section} recipes only)" if section in method_sections else ""
             typer.echo(f"\n{section}:{only}")
             for key, default, text in field_help(cls):
                 typer.echo(f"  {key:<15} {default!s:<12} {text}")

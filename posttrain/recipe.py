@@ -133,6 +133,60 @@ class RewardSection:
         return None if self.margins == "none" else STRENGTH_MARGINS[self.margins]
 
 
+def _check_reward_runs(reward, section: str) -> None:
+    if not reward:
+        raise UserError(
+            f"recipe key {section}.reward is required: a reward run folder, or "
+            "{helpfulness: RUN, safety: RUN} for Llama 2's two reward models."
+        )
+    if isinstance(reward, dict) and set(reward) != {"helpfulness", "safety"}:
+        raise UserError(f"{section}.reward as a mapping takes exactly helpfulness and safety, got {sorted(reward)}.")
+
+
+@dataclass
+class SamplingSection:
+    """What to sample with and how to score it (PPO rollouts; rejection sampling will share it)."""
+
+    reward: str | dict[str, str] = field(
+        default="", metadata=_help("reward run folder, or {helpfulness: RUN, safety: RUN} (Llama 2's rule)")
+    )
+    max_new_tokens: int = field(default=64, metadata=_help("longest response sampled"))
+    temperature: float = field(default=1.0, metadata=_help("sampling temperature"))
+    top_k: int = field(default=0, metadata=_help("sample from the k likeliest tokens (0: all)"))
+    top_p: float = field(default=1.0, metadata=_help("nucleus sampling mass"))
+    safety_threshold: float = field(default=0.15, metadata=_help("Llama 2: use the safety score below this"))
+    seed: int = field(default=42, metadata=_help("seed of sampling and prompt order"))
+
+
+@dataclass
+class PPOSection(SamplingSection):
+    steps: int = field(default=20, metadata=_help("PPO iterations (rollout batch + optimisation)"))
+    batch_size: int = field(default=8, metadata=_help("prompts per rollout batch (per process)"))
+    mini_batch_size: int = field(default=4, metadata=_help("sequences per optimiser step"))
+    ppo_epochs: int = field(default=2, metadata=_help("passes over each rollout batch"))
+    learning_rate: float = field(default=5.0e-5, metadata=_help("AdamW learning rate of policy and value LoRA"))
+    kl_beta: float = field(default=0.01, metadata=_help("per-token KL penalty to the reference (Llama 2 7B: 0.01)"))
+    gamma: float = field(default=1.0, metadata=_help("discount"))
+    lam: float = field(default=0.95, metadata=_help("GAE lambda"))
+    clip_range: float = field(default=0.2, metadata=_help("policy ratio clip"))
+    value_clip_range: float = field(default=0.2, metadata=_help("value change clip"))
+    value_loss_coef: float = field(default=0.1, metadata=_help("weight of the value loss"))
+    whiten_rewards: bool = field(default=True, metadata=_help("whiten the scores per batch (Llama 2)"))
+    missing_eos_penalty: float = field(
+        default=1.0, metadata=_help("subtracted from the score of a response with no EOS")
+    )
+    max_grad_norm: float = field(default=1.0, metadata=_help("gradient clipping"))
+    save_steps: int = field(default=10, metadata=_help("checkpoint every this many steps"))
+
+    def __post_init__(self) -> None:
+        _check_reward_runs(self.reward, "ppo")
+        if self.mini_batch_size > self.batch_size or self.batch_size % self.mini_batch_size:
+            raise UserError(
+                f"ppo.batch_size ({self.batch_size}) must be a multiple of ppo.mini_batch_size "
+                f"({self.mini_batch_size})."
+            )
+
+
 @dataclass
 class Recipe:
     method: str
@@ -140,6 +194,7 @@ class Recipe:
     data: DataSection
     lora: LoraSection = field(default_factory=LoraSection)
     reward: RewardSection = field(default_factory=RewardSection)
+    ppo: PPOSection | None = None
     train: dict[str, Any] = field(default_factory=dict)
     output_dir: str = ""
     source: str = ""  # where the recipe came from, for messages
@@ -152,7 +207,7 @@ class Recipe:
 
 SECTIONS = {"model": ModelSection, "lora": LoraSection, "data": DataSection}
 # Sections for what TRL has no field for, allowed only in their method's recipes.
-METHOD_SECTIONS = {"reward": {"reward": RewardSection}}
+METHOD_SECTIONS = {"reward": {"reward": RewardSection}, "ppo": {"ppo": PPOSection}}
 
 
 def sections_of(method: str) -> dict[str, type]:
@@ -263,6 +318,10 @@ def build_section(cls: type, values: dict[str, Any], section: str) -> Any:
 
 
 def check_train_section(method: str, train: dict[str, Any]) -> dict[str, Any]:
+    if method == "ppo" and train:
+        raise UserError(
+            "a ppo recipe takes its settings in the ppo: section (posttrain's own trainer); leave train: empty."
+        )
     for key, fix in OWNED_TRAIN_KEYS.items():
         if key in train:
             raise UserError(f"recipe key train.{key} is set by posttrain: {fix}.")
@@ -280,14 +339,17 @@ def train_config_class(method: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
-def _reject_unknown(values: dict[str, Any], known: set[str], prefix: str, what: str = "key") -> None:
+def _reject_unknown(values: dict[str, Any], known: set[str], prefix: str, what: str = "") -> None:
+    """An unknown key is an error that suggests the closest known one, or lists them (unless there are hundreds)."""
     for key in values:
-        if key not in known:
-            close = difflib.get_close_matches(str(key), sorted(known), n=1)
-            hint = f" Did you mean {prefix}{close[0]}?" if close else f" Known: {', '.join(sorted(known))}."
-            if what != "key" and not close:
-                hint = f" It is not a {what}."
-            raise UserError(f"unknown recipe key {prefix}{key}.{hint}")
+        if key in known:
+            continue
+        close = difflib.get_close_matches(str(key), sorted(known), n=1)
+        if close:
+            hint = f" Did you mean {prefix}{close[0]}?"
+        else:
+            hint = f" It is not a {what}." if what else f" Known: {', '.join(sorted(known))}."
+        raise UserError(f"unknown recipe key {prefix}{key}.{hint}")
 
 
 # ---------------------------------------------------------------- value checking

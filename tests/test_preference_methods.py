@@ -134,7 +134,7 @@ def test_a_reward_run_is_refused_where_an_sft_run_is_expected_and_vice_versa(wri
         output_dir=str(tmp_path / "dpo"),
     )
     result = CliRunner().invoke(app, ["dpo", str(dpo_recipe)])
-    assert result.exit_code == 2 and "is a reward run, but dpo continues from" in result.output
+    assert result.exit_code == 2 and "was trained by `posttrain reward`, but dpo continues from" in result.output
     assert not (tmp_path / "dpo").exists()
 
     train(
@@ -153,5 +153,7 @@ def test_a_reward_run_is_refused_where_an_sft_run_is_expected_and_vice_versa(wri
         output_dir=str(tmp_path / "rm"),
     )
     result = CliRunner().invoke(app, ["reward", str(reward_recipe)])
-    assert result.exit_code == 2 and "is a sft run, but reward continues from reward runs" in result.output
+    assert (
+        result.exit_code == 2 and "trained by `posttrain sft`, but reward continues from reward runs" in result.output
+    )
     assert "set model.name to its base model" in result.output

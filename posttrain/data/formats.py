@@ -115,21 +115,21 @@ SFT_FORMATS: dict[str, tuple[tuple[str, ...], str, Callable[[dict], dict]]] = {
 }
 
 
-def detect_format(row: Row, formats: dict = SFT_FORMATS) -> str:
-    for name, (keys, _, _) in formats.items():
+def detect_format(row: Row) -> str:
+    for name, (keys, _, _) in SFT_FORMATS.items():
         if all(key in row.data for key in keys):
             return name
-    expected = " | ".join(shape for _, shape, _ in formats.values())
+    expected = " | ".join(shape for _, shape, _ in SFT_FORMATS.values())
     raise UserError(f"{row.where} fits no known format: found keys {sorted(row.data)}; expected one of: {expected}.")
 
 
-def normalise(rows: list[Row], fmt: str = "auto", formats: dict = SFT_FORMATS) -> tuple[str, list[dict]]:
+def normalise(rows: list[Row], fmt: str = "auto") -> tuple[str, list[dict]]:
     """(format name, rows in canonical form). A row that does not fit is reported with its place."""
     if fmt == "auto":
-        fmt = detect_format(rows[0], formats)
-    if fmt not in formats:
-        raise UserError(f"data.format {fmt!r} is not one of: auto, {', '.join(formats)}.")
-    _, shape, convert = formats[fmt]
+        fmt = detect_format(rows[0])
+    if fmt not in SFT_FORMATS:
+        raise UserError(f"data.format {fmt!r} is not an SFT format: auto, {', '.join(SFT_FORMATS)}.")
+    _, shape, convert = SFT_FORMATS[fmt]
     out = []
     for row in rows:
         try:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from posttrain.data.prepare import PreparedData
+from posttrain.data.prepare import PreparedData, prepare_data
 from posttrain.errors import UserError
 from posttrain.models.loading import ModelRef, add_lora, load_base_model, load_tokenizer, method_of_run, resolve_model
 from posttrain.precision import Hardware, choose_precision, detect_hardware, keep_trainable_fp32, trainer_flags
@@ -30,9 +30,7 @@ class Stage:
 
     def plan_lines(self) -> list[str]:
         r = self.recipe
-        quant = r.model.quantization if r.model.quantization == "none" else f"{r.model.quantization} (4-bit)"
-        if r.model.quantization == "int8":
-            quant = "int8"
+        quant = {"nf4": "nf4 (4-bit)", "fp4": "fp4 (4-bit)"}.get(r.model.quantization, r.model.quantization)
         lora = (
             f"continue the adapter of {self.adapter.parent}"
             if self.adapter
@@ -53,6 +51,7 @@ CONTINUES_FROM = {
     "dpo": {"sft", "dpo", "orpo"},
     "orpo": {"sft", "dpo", "orpo"},
     "reward": {"reward"},
+    "ppo": {"sft", "dpo", "orpo", "ppo"},
 }
 
 
@@ -63,7 +62,7 @@ def check_continues_from(method: str, run: Path, key: str) -> None:
         wanted = " or ".join(sorted(allowed)) or "no"
         base = "set model.name to its base model" if previous == "sft" and method == "reward" else "name another run"
         raise UserError(
-            f"{key}: {run} is a {previous} run, but {method} continues from {wanted} runs "
+            f"{key}: {run} was trained by `posttrain {previous}`, but {method} continues from {wanted} runs "
             f"(or starts from a base model); {base}."
         )
 
@@ -116,9 +115,26 @@ COMMON_TRAIN_DEFAULTS = {
 }
 
 
-def resolve_train_settings(recipe: Recipe, defaults: dict) -> None:
-    """Put the method's defaults under the recipe's `train:`, so the saved recipe.yaml shows what was used."""
+def prepare_method(recipe: Recipe, defaults: dict, preference: bool = False, margins: dict | None = None):
+    """(Stage, PreparedData): everything checkable without weights. The method's defaults go under the recipe's
+    `train:` so the saved recipe.yaml shows what was used."""
+    stage = prepare_stage(recipe)
+    seed = recipe.train.get("seed", defaults["seed"])
+    data = prepare_data(recipe.data, stage.tokenizer, seed=seed, preference=preference, margins=margins)
     recipe.train = defaults | recipe.train
+    return stage, data
+
+
+def trl_trainer(trainer_cls: type, config, stage: Stage, data: PreparedData, task_type: str = "CAUSAL_LM", **extra):
+    """A TRL trainer on the 4-bit base with its LoRA adapter, the prepared data and the run's TensorBoard logs."""
+    return trainer_cls(
+        model=load_trainable_model(stage, task_type),
+        args=config,
+        processing_class=stage.tokenizer,
+        callbacks=tensorboard_callbacks(config, stage.run.logs),
+        **datasets_of(data),
+        **extra,
+    )
 
 
 def trl_config(config_cls: type, stage: Stage):

@@ -8,43 +8,22 @@ step's loss is ln 2 and the implicit rewards start at 0. From a base model, the 
 
 from __future__ import annotations
 
-from posttrain.data.prepare import PreparedData, prepare_data
-from posttrain.methods.common import (
-    COMMON_TRAIN_DEFAULTS,
-    Stage,
-    datasets_of,
-    load_trainable_model,
-    prepare_stage,
-    resolve_train_settings,
-    tensorboard_callbacks,
-    trl_config,
-)
+from posttrain.data.prepare import PreparedData
+from posttrain.methods.common import COMMON_TRAIN_DEFAULTS, Stage, prepare_method, trl_config, trl_trainer
 from posttrain.recipe import Recipe
 
 TRAIN_DEFAULTS = COMMON_TRAIN_DEFAULTS | {"learning_rate": 5.0e-5}
 
 
 def prepare(recipe: Recipe) -> tuple[Stage, PreparedData]:
-    stage = prepare_stage(recipe)
-    data = prepare_data(
-        recipe.data, stage.tokenizer, seed=recipe.train.get("seed", TRAIN_DEFAULTS["seed"]), preference=True
-    )
-    resolve_train_settings(recipe, TRAIN_DEFAULTS)
-    return stage, data
+    return prepare_method(recipe, TRAIN_DEFAULTS, preference=True)
 
 
 def build_trainer(stage: Stage, data: PreparedData):
     from trl import DPOConfig, DPOTrainer
 
-    config = trl_config(DPOConfig, stage)
-    return DPOTrainer(
-        model=load_trainable_model(stage),
-        ref_model=None,  # the reference is the starting adapter (or the base), see the module docstring
-        args=config,
-        processing_class=stage.tokenizer,
-        callbacks=tensorboard_callbacks(config, stage.run.logs),
-        **datasets_of(data),
-    )
+    # ref_model=None: the reference is the starting adapter (or the base), see the module docstring
+    return trl_trainer(DPOTrainer, trl_config(DPOConfig, stage), stage, data, ref_model=None)
 
 
 def extra_metrics(trainer, stage: Stage, data: PreparedData) -> dict:

@@ -5,17 +5,8 @@ TRL's experimental ORPOTrainer (imported via posttrain.trl_compat) on a 4-bit ba
 
 from __future__ import annotations
 
-from posttrain.data.prepare import PreparedData, prepare_data
-from posttrain.methods.common import (
-    COMMON_TRAIN_DEFAULTS,
-    Stage,
-    datasets_of,
-    load_trainable_model,
-    prepare_stage,
-    resolve_train_settings,
-    tensorboard_callbacks,
-    trl_config,
-)
+from posttrain.data.prepare import PreparedData
+from posttrain.methods.common import COMMON_TRAIN_DEFAULTS, Stage, prepare_method, trl_config, trl_trainer
 from posttrain.recipe import Recipe
 
 # ORPO's collator needs the raw columns it tokenizes itself.
@@ -23,25 +14,13 @@ TRAIN_DEFAULTS = COMMON_TRAIN_DEFAULTS | {"learning_rate": 1.0e-4, "remove_unuse
 
 
 def prepare(recipe: Recipe) -> tuple[Stage, PreparedData]:
-    stage = prepare_stage(recipe)
-    data = prepare_data(
-        recipe.data, stage.tokenizer, seed=recipe.train.get("seed", TRAIN_DEFAULTS["seed"]), preference=True
-    )
-    resolve_train_settings(recipe, TRAIN_DEFAULTS)
-    return stage, data
+    return prepare_method(recipe, TRAIN_DEFAULTS, preference=True)
 
 
 def build_trainer(stage: Stage, data: PreparedData):
     from posttrain.trl_compat import ORPOConfig, ORPOTrainer
 
-    config = trl_config(ORPOConfig, stage)
-    return ORPOTrainer(
-        model=load_trainable_model(stage),
-        args=config,
-        processing_class=stage.tokenizer,
-        callbacks=tensorboard_callbacks(config, stage.run.logs),
-        **datasets_of(data),
-    )
+    return trl_trainer(ORPOTrainer, trl_config(ORPOConfig, stage), stage, data)
 
 
 def extra_metrics(trainer, stage: Stage, data: PreparedData) -> dict:

@@ -9,46 +9,21 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from posttrain.data.prepare import PreparedData, prepare_data
-from posttrain.methods.common import (
-    COMMON_TRAIN_DEFAULTS,
-    Stage,
-    datasets_of,
-    load_trainable_model,
-    prepare_stage,
-    resolve_train_settings,
-    tensorboard_callbacks,
-    trl_config,
-)
+from posttrain.data.prepare import PreparedData
+from posttrain.methods.common import COMMON_TRAIN_DEFAULTS, Stage, prepare_method, trl_config, trl_trainer
 from posttrain.recipe import Recipe
 
 TRAIN_DEFAULTS = COMMON_TRAIN_DEFAULTS | {"learning_rate": 1.0e-4}
 
 
 def prepare(recipe: Recipe) -> tuple[Stage, PreparedData]:
-    stage = prepare_stage(recipe)
-    data = prepare_data(
-        recipe.data,
-        stage.tokenizer,
-        seed=recipe.train.get("seed", TRAIN_DEFAULTS["seed"]),
-        preference=True,
-        margins=recipe.reward.margin_table(),
-    )
-    resolve_train_settings(recipe, TRAIN_DEFAULTS)
-    return stage, data
+    return prepare_method(recipe, TRAIN_DEFAULTS, preference=True, margins=recipe.reward.margin_table())
 
 
 def build_trainer(stage: Stage, data: PreparedData):
     from trl import RewardConfig, RewardTrainer
 
-    config = trl_config(RewardConfig, stage)
-    return RewardTrainer(
-        model=load_trainable_model(stage, "SEQ_CLS"),
-        args=config,
-        processing_class=stage.tokenizer,
-        callbacks=tensorboard_callbacks(config, stage.run.logs),
-        **datasets_of(data),
-    )
+    return trl_trainer(RewardTrainer, trl_config(RewardConfig, stage), stage, data, task_type="SEQ_CLS")
 
 
 def extra_metrics(trainer, stage: Stage, data: PreparedData) -> dict:

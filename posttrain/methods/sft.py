@@ -6,17 +6,8 @@ continued pretraining on every token. `train:` holds any SFTConfig field.
 
 from __future__ import annotations
 
-from posttrain.data.prepare import PreparedData, prepare_data
-from posttrain.methods.common import (
-    COMMON_TRAIN_DEFAULTS,
-    Stage,
-    datasets_of,
-    load_trainable_model,
-    prepare_stage,
-    resolve_train_settings,
-    tensorboard_callbacks,
-    trl_config,
-)
+from posttrain.data.prepare import PreparedData
+from posttrain.methods.common import COMMON_TRAIN_DEFAULTS, Stage, prepare_method, trl_config, trl_trainer
 from posttrain.recipe import Recipe
 
 # posttrain's defaults under the recipe's `train:` (TRL's own defaults suit full fine-tuning, not LoRA).
@@ -25,23 +16,15 @@ TRAIN_DEFAULTS = COMMON_TRAIN_DEFAULTS | {"learning_rate": 2.0e-4}
 
 def prepare(recipe: Recipe) -> tuple[Stage, PreparedData]:
     """Everything that can be checked without loading weights: model, precision, tokenizer, data."""
-    stage = prepare_stage(recipe)
-    data = prepare_data(recipe.data, stage.tokenizer, seed=recipe.train.get("seed", TRAIN_DEFAULTS["seed"]))
-    resolve_train_settings(recipe, TRAIN_DEFAULTS | {"assistant_only_loss": data.conversational})
+    stage, data = prepare_method(recipe, TRAIN_DEFAULTS)
+    recipe.train.setdefault("assistant_only_loss", data.conversational)
     return stage, data
 
 
 def build_trainer(stage: Stage, data: PreparedData):
     from trl import SFTConfig, SFTTrainer
 
-    config = trl_config(SFTConfig, stage)
-    return SFTTrainer(
-        model=load_trainable_model(stage),
-        args=config,
-        processing_class=stage.tokenizer,
-        callbacks=tensorboard_callbacks(config, stage.run.logs),
-        **datasets_of(data),
-    )
+    return trl_trainer(SFTTrainer, trl_config(SFTConfig, stage), stage, data)
 
 
 def extra_metrics(trainer, stage: Stage, data: PreparedData) -> dict:

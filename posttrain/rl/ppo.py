@@ -1,0 +1,257 @@
+"""The PPO loop posttrain owns (TRL removed PPO in 1.13), on one shared base (see shared_model.py).
+
+Each step: sample responses to a batch of prompts with the policy, score them with the reward run(s), shape
+per-token rewards with the KL to the reference, estimate advantages with GAE, then optimise the clipped policy
+and value losses for a few epochs of minibatches. Every random draw is seeded from (seed, step, process), so a
+resumed run repeats an uninterrupted one exactly. Runs under accelerate: one process or several.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from posttrain.rl.ppo_math import (
+    combine_llama2_rewards,
+    entropy,
+    gae,
+    kl_shaped_rewards,
+    policy_loss,
+    value_loss,
+    whiten,
+)
+
+
+@dataclass
+class Rollout:
+    """One batch of sampled responses and everything PPO computes about them before optimising."""
+
+    batch: dict  # input_ids, attention_mask, position_ids of query + response
+    query_length: int
+    response_mask: torch.Tensor
+    logprobs: torch.Tensor
+    values: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    scores: torch.Tensor  # the reward model's score, before whitening and the missing-EOS penalty
+    kl: torch.Tensor  # per-token KL estimate to the reference
+    texts: list[tuple[str, str]]  # (prompt, response)
+
+
+def response_logprobs(logits: torch.Tensor, batch: dict, query_length: int) -> torch.Tensor:
+    """Log-probabilities of the response tokens (the logits at position t predict token t + 1)."""
+    logits = logits[:, query_length - 1 : -1].float()
+    tokens = batch["input_ids"][:, query_length:]
+    return torch.log_softmax(logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def response_mask_of(responses: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask of real response tokens, up to and including the first EOS; whether each response has an EOS)."""
+    is_eos = responses == eos_id
+    has_eos = is_eos.any(dim=1)
+    first_eos = torch.where(has_eos, is_eos.int().argmax(dim=1), responses.shape[1] - 1)
+    positions = torch.arange(responses.shape[1], device=responses.device)
+    return (positions <= first_eos.unsqueeze(1)).long(), has_eos
+
+
+class PPOTrainer:
+    def __init__(self, model, tokenizer, prompts: list[dict], settings, run, accelerator, echo=print):
+        self.accelerator = accelerator
+        self.settings, self.run, self.tokenizer, self.prompts, self.echo = settings, run, tokenizer, prompts, echo
+        self.roles = ["helpfulness", "safety"] if isinstance(settings.reward, dict) else ["reward"]
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate)
+        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        self.history: list[dict] = []
+        self.start_step = 0
+
+    @property
+    def shared(self):
+        return self.accelerator.unwrap_model(self.model)
+
+    # ------------------------------------------------------------ rollout
+
+    def _prompt_batch(self, step: int) -> list[dict]:
+        """This process's prompts for a step: a seeded draw, so resuming needs no sampler state."""
+        s, world, rank = self.settings, self.accelerator.num_processes, self.accelerator.process_index
+        generator = torch.Generator().manual_seed(s.seed * 100_003 + step)
+        order = torch.randperm(len(self.prompts), generator=generator).tolist()
+        wanted = s.batch_size * world
+        picks = (order * (wanted // len(order) + 1))[:wanted]
+        return [self.prompts[i] for i in picks[rank::world]]
+
+    def rollout(self, step: int) -> tuple[Rollout, dict]:
+        s, tok, shared = self.settings, self.tokenizer, self.shared
+        rows = self._prompt_batch(step)
+        timings = {}
+        started = time.perf_counter()
+        texts = [tok.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in rows]
+        tok.padding_side = "left"
+        query = tok(texts, padding=True, add_special_tokens=False, return_tensors="pt").to(self.accelerator.device)
+        tok.padding_side = "right"
+        torch.manual_seed(s.seed * 100_003 + step * 1_009 + self.accelerator.process_index)
+        output = shared.generate(
+            **query,
+            do_sample=True,
+            max_new_tokens=s.max_new_tokens,
+            temperature=s.temperature,
+            top_k=s.top_k,
+            top_p=s.top_p,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+        query_length = query["input_ids"].shape[1]
+        responses = output[:, query_length:]
+        response_mask, has_eos = response_mask_of(responses, tok.eos_token_id)
+        responses = responses.masked_fill(response_mask == 0, tok.pad_token_id)
+        attention = torch.cat([query["attention_mask"], response_mask], dim=1)
+        batch = {
+            "input_ids": torch.cat([query["input_ids"], responses], dim=1),
+            "attention_mask": attention,
+            "position_ids": (attention.cumsum(dim=1) - 1).clamp(min=0),
+        }
+        timings["generation_s"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        with torch.no_grad():
+            logits, values = self.model(**batch)
+            logprobs = response_logprobs(logits, batch, query_length)
+            ref_logprobs = response_logprobs(shared.reference_logits(batch), batch, query_length)
+            last = query_length + response_mask.sum(dim=1) - 1
+            scores = self._scores(batch, last, torch.tensor([r["safety"] for r in rows], device=last.device))
+        values = values[:, query_length - 1 : -1].float()
+        shaped = scores - s.missing_eos_penalty * (~has_eos).float()
+        if s.whiten_rewards and len(rows) > 1:
+            shaped = whiten(shaped)
+        mask = response_mask.float()
+        rewards, kl = kl_shaped_rewards(shaped, logprobs, ref_logprobs, mask, s.kl_beta)
+        advantages, returns = gae(rewards, values * mask, mask, s.gamma, s.lam)
+        advantages = whiten(advantages, mask)
+        timings["scoring_s"] = time.perf_counter() - started
+        decoded = tok.batch_decode(responses, skip_special_tokens=True)
+        prompts = [r["prompt"][-1]["content"] for r in rows]
+        rollout = Rollout(
+            batch,
+            query_length,
+            mask,
+            logprobs,
+            values * mask,
+            advantages,
+            returns,
+            scores,
+            kl,
+            list(zip(prompts, decoded, strict=True)),
+        )
+        return rollout, timings
+
+    def _scores(self, batch: dict, last: torch.Tensor, safety_prompt: torch.Tensor) -> torch.Tensor:
+        shared = self.shared
+        if self.roles == ["reward"]:
+            return shared.scores("reward", batch, last)
+        helpful, safe = (shared.scores(role, batch, last) for role in ("helpfulness", "safety"))
+        return combine_llama2_rewards(helpful, safe, safety_prompt, self.settings.safety_threshold)
+
+    # ------------------------------------------------------------ optimisation
+
+    def optimise(self, rollout: Rollout, step: int) -> dict:
+        s = self.settings
+        stats = {"policy_loss": [], "value_loss": [], "clip_fraction": [], "entropy": []}
+        generator = torch.Generator().manual_seed(s.seed * 7_919 + step)
+        size = rollout.response_mask.shape[0]
+        for _ in range(s.ppo_epochs):
+            for chunk in torch.randperm(size, generator=generator).split(s.mini_batch_size):
+                mb = {k: v[chunk] for k, v in rollout.batch.items()}
+                mask = rollout.response_mask[chunk]
+                logits, values = self.model(**mb)
+                logprobs = response_logprobs(logits, mb, rollout.query_length)
+                values = values[:, rollout.query_length - 1 : -1].float()
+                pg, clipped = policy_loss(
+                    logprobs, rollout.logprobs[chunk], rollout.advantages[chunk], mask, s.clip_range
+                )
+                vf = value_loss(values, rollout.values[chunk], rollout.returns[chunk], mask, s.value_clip_range)
+                self.accelerator.backward(pg + s.value_loss_coef * vf)
+                self.accelerator.clip_grad_norm_(self.model.parameters(), s.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad()
+                with torch.no_grad():
+                    ent = entropy(logits[:, rollout.query_length - 1 : -1], mask)
+                for key, value in zip(stats, (pg, vf, clipped, ent), strict=True):
+                    stats[key].append(value.item())
+        return {key: sum(v) / len(v) for key, v in stats.items()}
+
+    # ------------------------------------------------------------ the loop
+
+    def train(self) -> list[dict]:
+        s = self.settings
+        self.shared.eval()  # no dropout: old and new log-probabilities must come from the same network
+        for step in range(self.start_step, s.steps):
+            rollout, timings = self.rollout(step)
+            started = time.perf_counter()
+            stats = self.optimise(rollout, step)
+            timings["optimisation_s"] = time.perf_counter() - started
+            record = self._record(step, rollout, stats, timings)
+            self.history.append(record)
+            if self.accelerator.is_main_process:
+                self.echo(
+                    f"step {step + 1}/{s.steps}: score {record['score']:.3f}, kl {record['kl']:.3f}, "
+                    f"entropy {record['entropy']:.2f}, response {record['response_length']:.1f} tokens"
+                )
+                self._write_samples(step, rollout)
+            if (step + 1) % s.save_steps == 0 or step + 1 == s.steps:
+                self.save_checkpoint(step + 1)
+        return self.history
+
+    def _record(self, step: int, rollout: Rollout, stats: dict, timings: dict) -> dict:
+        local = {
+            "score": rollout.scores.float().mean(),
+            "kl": rollout.kl.sum(dim=1).mean(),  # per response, summed over its tokens
+            "response_length": rollout.response_mask.sum(dim=1).float().mean(),
+        }
+        reduced = {k: self.accelerator.reduce(v.to(self.accelerator.device), "mean").item() for k, v in local.items()}
+        return {"step": step + 1, **reduced, **stats, **{k: round(v, 3) for k, v in timings.items()}}
+
+    def _write_samples(self, step: int, rollout: Rollout) -> None:
+        with (self.run.path / "samples.jsonl").open("a", encoding="utf-8") as handle:
+            for (prompt, response), score in zip(rollout.texts, rollout.scores.tolist(), strict=True):
+                handle.write(
+                    json.dumps({"step": step + 1, "prompt": prompt, "response": response, "score": round(score, 4)})
+                    + "\n"
+                )
+
+    # ------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self, step: int) -> None:
+        """Trainable weights (policy and value LoRA, value head), optimiser state and the metrics so far."""
+        if not self.accelerator.is_main_process:
+            return
+        folder = self.run.checkpoints / f"checkpoint-{step}"
+        staging = folder.with_name(folder.name + ".partial")
+        staging.mkdir(parents=True, exist_ok=True)
+        trainable = {n: p.detach().cpu() for n, p in self.shared.named_parameters() if p.requires_grad}
+        torch.save(
+            {"trainable": trainable, "optimizer": self.optimizer.state_dict(), "step": step, "history": self.history},
+            staging / "state.pt",
+        )
+        staging.rename(folder)
+
+    def load_checkpoint(self, folder: Path) -> None:
+        state = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
+        params = dict(self.shared.named_parameters())
+        with torch.no_grad():
+            for name, value in state["trainable"].items():
+                params[name].copy_(value)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.history, self.start_step = state["history"], state["step"]
+        # samples.jsonl keeps only the steps the checkpoint covers, so a resumed run writes each step once
+        samples = self.run.path / "samples.jsonl"
+        if samples.exists() and self.accelerator.is_main_process:
+            kept = [
+                line
+                for line in samples.read_text(encoding="utf-8").splitlines()
+                if json.loads(line)["step"] <= self.start_step
+            ]
+            samples.write_text("".join(line + "\n" for line in kept), encoding="utf-8")

@@ -1,0 +1,144 @@
+"""One (4-bit) base model carrying every network PPO needs, as LoRA adapters switched in turn:
+
+  policy     trainable, starts as the SFT adapter (a fresh LoRA when there is none)
+  reference  frozen copy of the SFT adapter (no adapter at all when there is none)
+  value      trainable, starts as the reward adapter, with a scalar head starting as the reward head
+  reward:*   frozen reward run(s), each with its score head
+
+A reward run was trained as a sequence classifier; its LoRA weights live on the same transformer layers as the
+causal LM's, so they load onto this base unchanged and its score head becomes a separate linear layer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+POLICY, REFERENCE, VALUE = "policy", "reference", "value"
+
+
+def reward_adapter_name(role: str) -> str:
+    return f"reward_{role}"
+
+
+def _load_lora_onto(model, adapter_dir: Path, name: str, trainable: bool) -> torch.Tensor | None:
+    """Add the adapter saved in `adapter_dir` under `name`; return its score-head weight, if it has one."""
+    from peft import LoraConfig, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    config = LoraConfig.from_pretrained(str(adapter_dir))
+    config.task_type, config.modules_to_save, config.inference_mode = "CAUSAL_LM", None, not trainable
+    model.add_adapter(name, config)
+    state = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    score = next((v for k, v in state.items() if k.endswith("score.weight")), None)
+    set_peft_model_state_dict(model, {k: v for k, v in state.items() if "lora_" in k}, adapter_name=name)
+    return score
+
+
+class SharedModel(nn.Module):
+    """The PPO networks over one base. forward() gives the policy's logits and the value estimates together,
+    so a distributed wrapper (accelerate) sees one forward and one backward per optimisation step."""
+
+    def __init__(self, peft_model, value_head: nn.Linear, reward_heads: dict[str, nn.Linear], has_reference: bool):
+        super().__init__()
+        self.peft = peft_model
+        self.value_head = value_head
+        self.reward_heads = nn.ModuleDict(reward_heads)
+        self.has_reference = has_reference
+
+    @classmethod
+    def build(cls, base, lora_config, sft_adapter: Path | None, reward_adapters: dict[str, Path]) -> SharedModel:
+        from peft import PeftModel, get_peft_model
+
+        if sft_adapter is not None:
+            peft_model = PeftModel.from_pretrained(base, str(sft_adapter), adapter_name=POLICY, is_trainable=True)
+            _load_lora_onto(peft_model, sft_adapter, REFERENCE, trainable=False)
+        else:
+            peft_model = get_peft_model(base, lora_config, adapter_name=POLICY)
+        heads = {
+            role: _load_lora_onto(peft_model, path, reward_adapter_name(role), trainable=False)
+            for role, path in reward_adapters.items()
+        }
+        # The value network starts as the (first) reward model, as in InstructGPT.
+        first_role, first_path = next(iter(reward_adapters.items()))
+        _load_lora_onto(peft_model, first_path, VALUE, trainable=True)
+        hidden, device = base.config.hidden_size, base.device
+        reward_heads = {role: _linear(weight, hidden, device, trainable=False) for role, weight in heads.items()}
+        value_head = _linear(heads[first_role], hidden, device, trainable=True)
+        model = cls(peft_model, value_head, reward_heads, has_reference=sft_adapter is not None)
+        model.freeze_all_but_policy_and_value()
+        return model
+
+    # ------------------------------------------------------------ adapters
+
+    def trainable_names(self) -> list[str]:
+        return [n for n, p in self.named_parameters() if _is_trainable_name(n)]
+
+    def freeze_all_but_policy_and_value(self) -> None:
+        for name, param in self.named_parameters():
+            param.requires_grad = _is_trainable_name(name)
+
+    @contextlib.contextmanager
+    def adapter(self, name: str | None):
+        """Run with one adapter active (None: the bare base). PEFT's switch also flips requires_grad, so the
+        trainable set is restored afterwards."""
+        peft = self.peft
+        previous = peft.active_adapter
+        try:
+            if name is None:
+                with peft.disable_adapter():
+                    yield
+            else:
+                peft.base_model.set_adapter(name)
+                yield
+        finally:
+            peft.base_model.set_adapter(previous)
+            self.freeze_all_but_policy_and_value()
+
+    # ------------------------------------------------------------ networks
+
+    # Sequences are left-padded queries followed by responses, so positions come from the attention mask.
+
+    def _last_hidden(self, batch: dict) -> torch.Tensor:
+        backbone = self.peft.base_model.model.model  # the transformer, without the LM head
+        return backbone(**batch).last_hidden_state
+
+    def forward(self, input_ids, attention_mask, position_ids):
+        """(policy logits, value per token) for a batch of query+response sequences."""
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+        with self.adapter(POLICY):
+            logits = self.peft(**batch).logits
+        with self.adapter(VALUE):
+            values = self.value_head(self._last_hidden(batch).float()).squeeze(-1)
+        return logits, values
+
+    @torch.no_grad()
+    def reference_logits(self, batch: dict) -> torch.Tensor:
+        with self.adapter(REFERENCE if self.has_reference else None):
+            return self.peft(**batch).logits
+
+    @torch.no_grad()
+    def scores(self, role: str, batch: dict, last_index: torch.Tensor) -> torch.Tensor:
+        """The reward run's score of each sequence, read at its last real token."""
+        with self.adapter(reward_adapter_name(role)):
+            hidden = self._last_hidden(batch).float()
+        return self.reward_heads[role](hidden[torch.arange(len(last_index)), last_index]).squeeze(-1)
+
+    def generate(self, **kwargs):
+        with self.adapter(POLICY), torch.no_grad():
+            return self.peft.generate(**kwargs)
+
+
+def _is_trainable_name(name: str) -> bool:
+    return f".{POLICY}." in name or f".{VALUE}." in name or name.startswith("value_head.")
+
+
+def _linear(weight: torch.Tensor, hidden: int, device, trainable: bool) -> nn.Linear:
+    layer = nn.Linear(hidden, 1, bias=False, device=device)
+    with torch.no_grad():
+        layer.weight.copy_(weight.reshape(1, hidden).float())
+    layer.weight.requires_grad = trainable
+    return layer

@@ -1,0 +1,170 @@
+"""posttrain ppo on tiny-llama2: what trains and what stays frozen, real learning, exact resume, two
+processes under accelerate, and the bad inputs."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from posttrain.cli import app
+from posttrain.methods import ppo
+from posttrain.methods.common import start_run
+from posttrain.recipe import load_recipe
+from posttrain.rl.ppo import PPOTrainer
+
+
+def write(path, recipe: dict):
+    path.write_text(f"# posttrain {recipe['method']} {path.name}\n" + yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A tiny SFT run and a tiny reward run to start PPO from (trained once for this module)."""
+    root = tmp_path_factory.mktemp("ppo-runs")
+    common = {"model": {"name": "tiny-llama2", "quantization": "none"}}
+    train = {"max_steps": 4, "activation_checkpointing": False, "report_to": "none"}
+    for method, data, lr in (("sft", "builtin:pirate_sft", 1e-2), ("reward", "builtin:pirate_prefs", 1e-3)):
+        recipe = write(
+            root / f"{method}.yaml",
+            common
+            | {
+                "method": method,
+                "data": {"train": data, "max_length": 192},
+                "train": train | {"learning_rate": lr},
+                "output_dir": str(root / method),
+            },
+        )
+        assert CliRunner().invoke(app, [method, str(recipe)]).exit_code == 0
+    return root
+
+
+def ppo_recipe(tmp_path, runs, name="ppo.yaml", quantization="none", **settings):
+    recipe = {
+        "method": "ppo",
+        "model": {"name": str(runs / "sft"), "quantization": quantization},
+        "data": {"train": "builtin:pirate_sft", "max_length": 192},
+        "ppo": {
+            "reward": str(runs / "reward"),
+            "steps": 2,
+            "batch_size": 4,
+            "mini_batch_size": 2,
+            "max_new_tokens": 8,
+            "save_steps": 2,
+        }
+        | settings,
+        "output_dir": str(tmp_path / name.removesuffix(".yaml")),
+    }
+    return write(tmp_path / name, recipe)
+
+
+@pytest.mark.parametrize("quantization", ["none", "nf4"])
+def test_policy_and_value_train_while_reference_reward_and_base_stay_frozen(tmp_path, runs, quantization):
+    recipe = load_recipe(str(ppo_recipe(tmp_path, runs, quantization=quantization, learning_rate=1e-2)))
+    stage, prompts, rewards = ppo.prepare(recipe)
+    start_run(stage, resume=False, overwrite=False)
+    shared = ppo.build_shared_model(stage, rewards)
+    before = {n: p.detach().clone() for n, p in shared.named_parameters()}
+    from accelerate import Accelerator
+
+    trainer = PPOTrainer(shared, stage.tokenizer, prompts, recipe.ppo, stage.run, Accelerator(cpu=True), lambda _: 0)
+    trainer.train()
+    after = dict(shared.named_parameters())
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    trainable = {n for n in before if ".policy." in n or ".value." in n or n.startswith("value_head")}
+    assert {n for n in trainable if "lora_" in n or n.startswith("value_head")} <= changed
+    assert changed <= trainable  # reference and reward adapters, reward head and base untouched
+    assert any(".reference." in n for n in before) and any(".reward_reward." in n for n in before)
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, runs):
+    path = ppo_recipe(tmp_path, runs, steps=4, save_steps=2)
+    assert CliRunner().invoke(app, ["ppo", str(path)]).exit_code == 0
+    run = tmp_path / "ppo"
+    whole = json.loads((run / "metrics.json").read_text())["steps"]
+    shutil.rmtree(run / "checkpoints" / "checkpoint-4")  # as if killed after the step-2 checkpoint
+    shutil.rmtree(run / "adapter")
+    (run / "metrics.json").unlink()
+    result = CliRunner().invoke(app, ["ppo", str(path), "--resume"])
+    assert result.exit_code == 0, result.output
+    resumed = json.loads((run / "metrics.json").read_text())["steps"]
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4]
+    for a, b in zip(whole, resumed, strict=True):
+        for key in ("score", "kl", "policy_loss", "value_loss", "entropy"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+    assert len((run / "samples.jsonl").read_text().splitlines()) == 4 * 4
+
+
+def test_two_processes_under_accelerate(tmp_path, runs):
+    path = ppo_recipe(tmp_path, runs, steps=2, batch_size=2, mini_batch_size=2)
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "2",
+        "--cpu",
+        "-m",
+        "posttrain",
+        "ppo",
+        str(path),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "ppo" / "adapter" / "adapter_model.safetensors").is_file()
+    assert len(json.loads((tmp_path / "ppo" / "metrics.json").read_text())["steps"]) == 2
+
+
+# ---------------------------------------------------------------- bad input: exit 2, nothing written
+
+
+def assert_refused(tmp_path, path, message):
+    result = CliRunner().invoke(app, ["ppo", str(path)])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert message in result.output
+    assert not (tmp_path / "ppo").exists()
+
+
+def test_missing_reward(tmp_path, runs):
+    assert_refused(tmp_path, ppo_recipe(tmp_path, runs, reward=""), "ppo.reward is required")
+
+
+def test_reward_that_is_not_a_reward_run(tmp_path, runs):
+    assert_refused(tmp_path, ppo_recipe(tmp_path, runs, reward=str(runs / "sft")), "is not a reward run")
+
+
+def test_reward_run_on_another_base_model(tmp_path, runs):
+    other = tmp_path / "other-reward"
+    shutil.copytree(runs / "reward", other)
+    record = yaml.safe_load((other / "recipe.yaml").read_text())
+    record["base_model"] = "smollm2-135m"
+    (other / "recipe.yaml").write_text(yaml.safe_dump(record))
+    assert_refused(tmp_path, ppo_recipe(tmp_path, runs, reward=str(other)), "PPO shares one base model")
+
+
+def test_prompts_longer_than_max_length(tmp_path, runs):
+    path = ppo_recipe(tmp_path, runs)
+    recipe = yaml.safe_load(path.read_text())
+    recipe["data"]["max_length"] = 16
+    assert_refused(tmp_path, write(path, recipe), "prompts are longer than data.max_length=16")
+
+
+def test_safety_tagged_prompts_need_a_safety_reward_run(tmp_path, runs):
+    path = ppo_recipe(tmp_path, runs)
+    recipe = yaml.safe_load(path.read_text())
+    recipe["data"]["train"] = "builtin:pirate_prompts"
+    assert_refused(tmp_path, write(path, recipe), "6 prompts are tagged safety")
+
+
+def test_two_reward_runs_with_safety_prompts(tmp_path, runs):
+    path = ppo_recipe(tmp_path, runs, reward={"helpfulness": str(runs / "reward"), "safety": str(runs / "reward")})
+    recipe = yaml.safe_load(path.read_text())
+    recipe["data"]["train"] = "builtin:pirate_prompts"
+    result = CliRunner().invoke(app, ["ppo", str(write(path, recipe))])
+    assert result.exit_code == 0, result.output
+    assert "6 tagged safety" in result.output
