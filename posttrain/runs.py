@@ -71,6 +71,11 @@ class RunFolder:
                 f"output_dir {where} already holds a finished run. Choose another output_dir "
                 "(--output-dir DIR), or pass --overwrite to replace it."
             )
+        if self.latest_checkpoint() is None:
+            raise UserError(
+                f"output_dir {where} holds an unfinished run with no checkpoint yet. Pass --overwrite to start "
+                "over, or choose another output_dir (--output-dir DIR)."
+            )
         raise UserError(
             f"output_dir {where} holds an unfinished run. Continue it with --resume, or pass --overwrite to start over."
         )

@@ -114,6 +114,14 @@ def test_output_dir_that_is_not_a_run_is_never_touched(write_recipe, tmp_path):
     assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
 
 
+def test_unfinished_run_is_kept_and_the_message_fits_what_is_there(write_recipe, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "recipe.yaml").write_text("method: sft\n")  # a run that died before its first checkpoint
+    assert_user_error(invoke("sft", write_recipe()), "unfinished run with no checkpoint yet. Pass --overwrite")
+    (tmp_path / "run" / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    assert_user_error(invoke("sft", write_recipe()), "holds an unfinished run. Continue it with --resume")
+
+
 def test_resume_without_a_checkpoint(write_recipe):
     assert_user_error(invoke("sft", write_recipe(), "--resume"), "holds no checkpoint to resume from")
 
