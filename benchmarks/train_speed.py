@@ -129,7 +129,9 @@ def run_plain_trl(method: str, model_dir: str, quantized: bool, trl_defaults: bo
     }
     if method == "orpo":
         settings["remove_unused_columns"] = False
-    if not trl_defaults:
+    if trl_defaults:  # TRL's bf16 default refuses to start on a CPU without it unless told to use the CPU
+        settings["use_cpu"] = not torch.cuda.is_available()
+    else:
         settings |= {"bf16": False, "activation_checkpointing": False, "dataloader_pin_memory": False}
     keep = ["score"] if task == "SEQ_CLS" else None
     quant = BitsAndBytesConfig(
@@ -172,6 +174,12 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["sft", "reward", "dpo", "orpo"])
     parser.add_argument("--steps", type=int, default=10, help="steps per variant (the first 2 are warm-up)")
     parser.add_argument("--default-steps", type=int, default=3, help="steps with TRL defaults (slow on CPU)")
+    parser.add_argument(
+        "--variants",
+        nargs="*",
+        default=[],
+        help="only the variants whose name contains one of these (merged into an existing results file)",
+    )
     args = parser.parse_args()
 
     from posttrain.cli import quiet_libraries
@@ -200,6 +208,9 @@ def main() -> None:
                 "sft", model_dir, True, True, args.default_steps, out
             ),
         }
+    if args.variants:
+        variants = {name: run for name, run in variants.items() if any(part in name for part in args.variants)}
+    previous = json.loads(RESULTS.read_text())["results"] if args.variants and RESULTS.exists() else {}
     results = {}
     for name, variant in variants.items():
         with tempfile.TemporaryDirectory() as tmp:
@@ -207,6 +218,7 @@ def main() -> None:
                 results[name] = variant(Path(tmp))
             except Exception as err:  # a crash is a result too (TRL's defaults on a quantized CPU model)
                 results[name] = {"error": f"{type(err).__name__}: {str(err)[:300]}"}
+        results[name]["measured"] = time.strftime("%Y-%m-%d %H:%M")
         print(f"{name:<46} {results[name]}", flush=True)
     report = {
         "benchmark": "train_speed",
@@ -218,7 +230,7 @@ def main() -> None:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         },
         "torch": torch.__version__,
-        "results": results,
+        "results": previous | results,
     }
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
