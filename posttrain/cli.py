@@ -94,6 +94,12 @@ def train(method: str, recipe: str, overrides, output_dir, resume: bool, overwri
                 f"eval accuracy {metrics['reward_accuracy']['accuracy']:.3f} "
                 f"on {metrics['reward_accuracy']['pairs']} held-out pairs"
             )
+    elif metrics is not None:  # ppo
+        first, final = metrics["first"], metrics["final"]
+        typer.echo(
+            f"done: run folder {loaded.output_dir} (mean score {first['score']:.3f} over the first steps, "
+            f"{final['score']:.3f} over the last; KL to the reference {final['kl']:.3f})"
+        )
 
 
 def add_training_command(method: str, help_text: str) -> None:

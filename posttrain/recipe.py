@@ -19,9 +19,10 @@ from typing import Any, Literal
 import yaml
 
 from posttrain.errors import UserError
+from posttrain.sections import DataSection, LoraSection, ModelSection, PPOSection, RewardSection
 
-METHODS = ("sft", "reward", "dpo", "orpo", "ppo", "rs")
-# The TRL config class behind each method's `train:` section (ppo/rs are posttrain's own trainers).
+METHODS = ("sft", "reward", "dpo", "orpo", "ppo")
+# The TRL config class behind each method's `train:` section (ppo is posttrain's own trainer).
 TRAIN_CONFIGS = {
     "sft": ("trl", "SFTConfig"),
     "reward": ("trl", "RewardConfig"),
@@ -40,151 +41,6 @@ OWNED_TRAIN_KEYS = {
 RUN_RECORD_KEYS = ("versions", "base_model")
 SHIPPED_RECIPES = Path(__file__).parent / "recipes"  # inside an installed wheel
 REPO_RECIPES = Path(__file__).parent.parent / "recipes"  # in a source checkout
-
-
-def _help(text: str) -> dict:
-    return {"help": text}
-
-
-@dataclass
-class ModelSection:
-    name: str = field(
-        default="", metadata=_help("hub id, local folder, alias (tiny-llama2, smollm2-135m) or run folder")
-    )
-    adapter: str | None = field(default=None, metadata=_help("run folder whose adapter training continues from"))
-    quantization: Literal["nf4", "fp4", "int8", "none"] = field(
-        default="nf4", metadata=_help("weight quantization of the frozen base")
-    )
-    double_quant: bool = field(default=True, metadata=_help("quantize the 4-bit quantization constants too"))
-    precision: Literal["auto", "fp32", "fp16", "bf16"] = field(
-        default="auto",
-        metadata=_help("compute precision; auto: bf16 on CUDA >= 8.0, fp16 below, fp32 on CPU"),
-    )
-    chat_template: str = field(
-        default="llama2",
-        metadata=_help("llama2 | chatml | model (keep the tokenizer's) | path to a .jinja file"),
-    )
-
-    def __post_init__(self) -> None:
-        if not self.name:
-            raise UserError("recipe key model.name is required: a hub id, local folder, alias or run folder.")
-
-
-@dataclass
-class LoraSection:
-    r: int = field(default=16, metadata=_help("LoRA rank"))
-    alpha: int = field(default=32, metadata=_help("LoRA scaling numerator (scale = alpha / r)"))
-    dropout: float = field(default=0.05, metadata=_help("dropout on the LoRA input"))
-    target_modules: str | list[str] = field(
-        default="all-linear", metadata=_help("modules given adapters: all-linear or a list of names")
-    )
-
-    def __post_init__(self) -> None:
-        if self.r < 1:
-            raise UserError(f"recipe key lora.r must be at least 1, got {self.r}.")
-        if not 0 <= self.dropout < 1:
-            raise UserError(f"recipe key lora.dropout must be in [0, 1), got {self.dropout}.")
-
-
-@dataclass
-class DataSection:
-    train: str = field(default="", metadata=_help("file path, hub dataset id, or builtin:NAME"))
-    eval: str | None = field(default=None, metadata=_help("held-out file, hub id or builtin:NAME"))
-    eval_fraction: float | None = field(default=None, metadata=_help("or hold out this fraction of train"))
-    format: str = field(default="auto", metadata=_help("auto, or a format name (see `posttrain data inspect`)"))
-    max_length: int = field(default=1024, metadata=_help("longest example in tokens"))
-    on_too_long: Literal["drop", "truncate", "error"] = field(
-        default="drop", metadata=_help("what to do with longer examples; always reported with counts")
-    )
-    identical_pairs: Literal["drop", "error"] = field(
-        default="drop", metadata=_help("preference pairs whose chosen equals rejected; reported with counts")
-    )
-
-    def __post_init__(self) -> None:
-        if not self.train:
-            raise UserError("recipe key data.train is required: a file path, hub dataset id or builtin:NAME.")
-        if self.eval and self.eval_fraction:
-            raise UserError("set data.eval or data.eval_fraction, not both.")
-        if self.eval_fraction is not None and not 0 < self.eval_fraction < 1:
-            raise UserError(f"data.eval_fraction must be between 0 and 1, got {self.eval_fraction}.")
-        if self.max_length < 8:
-            raise UserError(f"data.max_length must be at least 8 tokens, got {self.max_length}.")
-
-
-@dataclass
-class RewardSection:
-    margins: str | dict[str, float] = field(
-        default="small",
-        metadata=_help(
-            "margin per Llama 2 strength label: small (1, 2/3, 1/3, 0), large (3, 2, 1, 0), none, "
-            "or a {label: margin} mapping; a margin column in the data wins"
-        ),
-    )
-
-    def __post_init__(self) -> None:
-        if isinstance(self.margins, str) and self.margins not in ("small", "large", "none"):
-            raise UserError(f"reward.margins must be small, large, none or a mapping, got {self.margins!r}.")
-
-    def margin_table(self) -> dict[str, float] | None:
-        from posttrain.data.preferences import STRENGTH_MARGINS
-
-        if isinstance(self.margins, dict):
-            return self.margins
-        return None if self.margins == "none" else STRENGTH_MARGINS[self.margins]
-
-
-def _check_reward_runs(reward, section: str) -> None:
-    if not reward:
-        raise UserError(
-            f"recipe key {section}.reward is required: a reward run folder, or "
-            "{helpfulness: RUN, safety: RUN} for Llama 2's two reward models."
-        )
-    if isinstance(reward, dict) and set(reward) != {"helpfulness", "safety"}:
-        raise UserError(f"{section}.reward as a mapping takes exactly helpfulness and safety, got {sorted(reward)}.")
-
-
-@dataclass
-class SamplingSection:
-    """What to sample with and how to score it (PPO rollouts; rejection sampling will share it)."""
-
-    reward: str | dict[str, str] = field(
-        default="", metadata=_help("reward run folder, or {helpfulness: RUN, safety: RUN} (Llama 2's rule)")
-    )
-    max_new_tokens: int = field(default=64, metadata=_help("longest response sampled"))
-    temperature: float = field(default=1.0, metadata=_help("sampling temperature"))
-    top_k: int = field(default=0, metadata=_help("sample from the k likeliest tokens (0: all)"))
-    top_p: float = field(default=1.0, metadata=_help("nucleus sampling mass"))
-    safety_threshold: float = field(default=0.15, metadata=_help("Llama 2: use the safety score below this"))
-    seed: int = field(default=42, metadata=_help("seed of sampling and prompt order"))
-
-
-@dataclass
-class PPOSection(SamplingSection):
-    steps: int = field(default=20, metadata=_help("PPO iterations (rollout batch + optimisation)"))
-    batch_size: int = field(default=8, metadata=_help("prompts per rollout batch (per process)"))
-    mini_batch_size: int = field(default=4, metadata=_help("sequences per optimiser step"))
-    ppo_epochs: int = field(default=2, metadata=_help("passes over each rollout batch"))
-    learning_rate: float = field(default=5.0e-5, metadata=_help("AdamW learning rate of policy and value LoRA"))
-    kl_beta: float = field(default=0.01, metadata=_help("per-token KL penalty to the reference (Llama 2 7B: 0.01)"))
-    gamma: float = field(default=1.0, metadata=_help("discount"))
-    lam: float = field(default=0.95, metadata=_help("GAE lambda"))
-    clip_range: float = field(default=0.2, metadata=_help("policy ratio clip"))
-    value_clip_range: float = field(default=0.2, metadata=_help("value change clip"))
-    value_loss_coef: float = field(default=0.1, metadata=_help("weight of the value loss"))
-    whiten_rewards: bool = field(default=True, metadata=_help("whiten the scores per batch (Llama 2)"))
-    missing_eos_penalty: float = field(
-        default=1.0, metadata=_help("subtracted from the score of a response with no EOS")
-    )
-    max_grad_norm: float = field(default=1.0, metadata=_help("gradient clipping"))
-    save_steps: int = field(default=10, metadata=_help("checkpoint every this many steps"))
-
-    def __post_init__(self) -> None:
-        _check_reward_runs(self.reward, "ppo")
-        if self.mini_batch_size > self.batch_size or self.batch_size % self.mini_batch_size:
-            raise UserError(
-                f"ppo.batch_size ({self.batch_size}) must be a multiple of ppo.mini_batch_size "
-                f"({self.mini_batch_size})."
-            )
 
 
 @dataclass
