@@ -185,12 +185,11 @@ def data_inspect(
 ):
     """Detected format (SFT or preference), row count and token-length histogram of a data file."""
     from posttrain.data.prepare import LengthReport, is_preference, load_examples, measure, preference_length_lines
-    from posttrain.data.sources import read_rows
     from posttrain.models.loading import load_tokenizer, resolve_model
 
     quiet_libraries()
-    preference = is_preference(read_rows(file))
-    fmt, rows, examples = load_examples(file, data_format, preference=preference)
+    fmt, rows, examples = load_examples(file, data_format, preference=None)
+    preference = is_preference(rows)
     tokenizer = load_tokenizer(resolve_model(model), chat_template)
     lengths = measure(tokenizer, rows, examples)
     kind = "preference pairs" if preference else "rows"

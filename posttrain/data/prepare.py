@@ -113,9 +113,11 @@ def is_preference(rows: list[Row]) -> bool:
     return {"chosen", "rejected"} <= set(rows[0].data)
 
 
-def load_examples(source: str, fmt: str, margins: dict | None = None, preference: bool = False):
-    """(format, rows, examples) of a source: SFT rows, or preference pairs when `preference` is set."""
+def load_examples(source: str, fmt: str, margins: dict | None = None, preference: bool | None = False):
+    """(format, rows, examples) of a source: SFT rows, or preference pairs (preference=None: decide by the rows)."""
     rows = read_rows(source)
+    if preference is None:
+        preference = is_preference(rows)
     if preference:
         fmt, examples = normalise_preferences(rows, fmt, margins)
     else:
