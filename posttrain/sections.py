@@ -100,20 +100,8 @@ class RewardSection:
         return None if self.margins == "none" else STRENGTH_MARGINS[self.margins]
 
 
-def _check_reward_runs(reward, section: str) -> None:
-    if not reward:
-        raise UserError(
-            f"recipe key {section}.reward is required: a reward run folder, or "
-            "{helpfulness: RUN, safety: RUN} for Llama 2's two reward models."
-        )
-    if isinstance(reward, dict) and set(reward) != {"helpfulness", "safety"}:
-        raise UserError(f"{section}.reward as a mapping takes exactly helpfulness and safety, got {sorted(reward)}.")
-
-
 @dataclass
-class SamplingSection:
-    """What to sample with and how to score it (PPO rollouts; rejection sampling will share it)."""
-
+class PPOSection:
     reward: str | dict[str, str] = field(
         default="", metadata=_help("reward run folder, or {helpfulness: RUN, safety: RUN} (Llama 2's rule)")
     )
@@ -123,10 +111,6 @@ class SamplingSection:
     top_p: float = field(default=1.0, metadata=_help("nucleus sampling mass"))
     safety_threshold: float = field(default=0.15, metadata=_help("Llama 2: use the safety score below this"))
     seed: int = field(default=42, metadata=_help("seed of sampling and prompt order"))
-
-
-@dataclass
-class PPOSection(SamplingSection):
     steps: int = field(default=20, metadata=_help("PPO iterations (rollout batch + optimisation)"))
     batch_size: int = field(default=8, metadata=_help("prompts per rollout batch (per process)"))
     mini_batch_size: int = field(default=4, metadata=_help("sequences per optimiser step"))
@@ -146,7 +130,13 @@ class PPOSection(SamplingSection):
     save_steps: int = field(default=10, metadata=_help("checkpoint every this many steps"))
 
     def __post_init__(self) -> None:
-        _check_reward_runs(self.reward, "ppo")
+        if not self.reward:
+            raise UserError(
+                "recipe key ppo.reward is required: a reward run folder, or "
+                "{helpfulness: RUN, safety: RUN} for Llama 2's two reward models."
+            )
+        if isinstance(self.reward, dict) and set(self.reward) != {"helpfulness", "safety"}:
+            raise UserError(f"ppo.reward as a mapping takes exactly helpfulness and safety, got {sorted(self.reward)}.")
         if self.mini_batch_size > self.batch_size or self.batch_size % self.mini_batch_size:
             raise UserError(
                 f"ppo.batch_size ({self.batch_size}) must be a multiple of ppo.mini_batch_size "

@@ -33,7 +33,7 @@ def _text(row: dict, key: str) -> str:
     return value
 
 
-def _check_messages(messages) -> list[dict]:
+def check_messages(messages) -> list[dict]:
     if not isinstance(messages, list) or not messages:
         raise RowError("expected a non-empty list of {role, content} messages")
     clean = []
@@ -53,7 +53,7 @@ def _check_messages(messages) -> list[dict]:
 
 
 def from_messages(row: dict) -> dict:
-    return {"messages": _check_messages(row.get("messages"))}
+    return {"messages": check_messages(row.get("messages"))}
 
 
 def from_sharegpt(row: dict) -> dict:
@@ -66,7 +66,7 @@ def from_sharegpt(row: dict) -> dict:
         if role is None or not isinstance(turn.get("value"), str):
             raise RowError(f"turn {i}: expected from (human/gpt/system) and value text, found {turn!r:.80}")
         messages.append({"role": role, "content": turn["value"]})
-    return {"messages": _check_messages(messages)}
+    return {"messages": check_messages(messages)}
 
 
 def from_alpaca(row: dict) -> dict:
@@ -84,15 +84,15 @@ def from_alpaca(row: dict) -> dict:
     extra = row.get("input")
     user = f"{instruction}\n\n{extra}" if isinstance(extra, str) and extra.strip() else instruction
     messages += [{"role": "user", "content": user}, {"role": "assistant", "content": _text(row, "output")}]
-    return {"messages": _check_messages(messages)}
+    return {"messages": check_messages(messages)}
 
 
 def from_prompt_completion(row: dict) -> dict:
     prompt, completion = row.get("prompt"), row.get("completion")
     if isinstance(prompt, list) and isinstance(completion, list):  # conversational prompt/completion
-        return {"messages": _check_messages(prompt + completion)}
+        return {"messages": check_messages(prompt + completion)}
     return {
-        "messages": _check_messages(
+        "messages": check_messages(
             [
                 {"role": "user", "content": _text(row, "prompt")},
                 {"role": "assistant", "content": _text(row, "completion")},

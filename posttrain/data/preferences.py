@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from posttrain.data.formats import SHAREGPT_ROLES, RowError, _check_messages
+from posttrain.data.formats import SHAREGPT_ROLES, RowError, check_messages
 from posttrain.data.sources import Row
 from posttrain.errors import UserError
 
@@ -30,7 +30,7 @@ def _as_reply(value, key: str) -> list[dict]:
     if isinstance(value, dict):
         value = [value]
     if isinstance(value, list) and value and isinstance(value[-1], dict):
-        messages = _check_messages(value)
+        messages = check_messages(value)
         if messages[-1]["role"] == "assistant":
             return messages
     raise RowError(f"expected {key!r} as text or assistant message(s), found {value!r:.80}")
@@ -78,7 +78,7 @@ def from_implicit(row: dict) -> dict:
     chosen, rejected = row.get("chosen"), row.get("rejected")
     if not (isinstance(chosen, list) and isinstance(rejected, list)):
         raise RowError("expected 'chosen' and 'rejected' as full conversations (lists of messages)")
-    return split_shared_prefix(_check_messages(chosen), _check_messages(rejected))
+    return split_shared_prefix(check_messages(chosen), check_messages(rejected))
 
 
 def parse_hh(text: str) -> list[dict]:
@@ -120,20 +120,12 @@ def from_sharegpt_preference(row: dict) -> dict:
     return {"prompt": prompt, "chosen": reply("chosen"), "rejected": reply("rejected")}
 
 
-# name -> (keys that identify it, what a row must hold, normaliser); detection tries them in this order.
+# name -> (what a row must hold, normaliser); detect_preference_format picks one from the first row.
 PREFERENCE_FORMATS = {
-    "sharegpt_preference": (
-        ("conversations", "chosen", "rejected"),
-        "conversations + chosen/rejected {from, value}",
-        from_sharegpt_preference,
-    ),
-    "preference": (("prompt", "chosen", "rejected"), "prompt, chosen, rejected (text or messages)", from_explicit),
-    "hh": (("chosen", "rejected"), "chosen/rejected HH transcripts ('\\n\\nHuman: ...\\n\\nAssistant: ...')", from_hh),
-    "implicit_preference": (
-        ("chosen", "rejected"),
-        "chosen/rejected full conversations sharing a prompt",
-        from_implicit,
-    ),
+    "sharegpt_preference": ("conversations + chosen/rejected {from, value}", from_sharegpt_preference),
+    "preference": ("prompt, chosen, rejected (text or messages)", from_explicit),
+    "hh": ("chosen/rejected HH transcripts ('\\n\\nHuman: ...\\n\\nAssistant: ...')", from_hh),
+    "implicit_preference": ("chosen/rejected full conversations sharing a prompt", from_implicit),
 }
 
 
@@ -146,7 +138,7 @@ def detect_preference_format(row: Row) -> str:
     if {"chosen", "rejected"} <= keys:
         chosen = row.data["chosen"]
         return "hh" if isinstance(chosen, str) and "\n\nHuman: " in chosen else "implicit_preference"
-    expected = " | ".join(shape for _, shape, _ in PREFERENCE_FORMATS.values())
+    expected = " | ".join(shape for shape, _ in PREFERENCE_FORMATS.values())
     missing = sorted({"chosen", "rejected"} - keys)
     raise UserError(
         f"{row.where} is not a preference row: missing {', '.join(missing)} (found keys {sorted(keys)}); "
@@ -175,7 +167,7 @@ def normalise_preferences(rows: list[Row], fmt: str = "auto", margins: dict[str,
         fmt = detect_preference_format(rows[0])
     if fmt not in PREFERENCE_FORMATS:
         raise UserError(f"data.format {fmt!r} is not a preference format: auto, {', '.join(PREFERENCE_FORMATS)}.")
-    _, shape, convert = PREFERENCE_FORMATS[fmt]
+    shape, convert = PREFERENCE_FORMATS[fmt]
     examples = []
     for row in rows:
         try:

@@ -54,7 +54,7 @@ def _resolve_run(run: Path) -> ModelRef:
             f"{run} is a run folder without a finished adapter (training did not complete). "
             "Finish it with --resume, or name another run."
         )
-    record = yaml.safe_load((run / "recipe.yaml").read_text(encoding="utf-8")) or {}
+    record = read_run_record(run)
     base_name = record.get("base_model") or (record.get("model") or {}).get("name")
     if not base_name:
         raise UserError(f"{run}/recipe.yaml does not say which base model the run was trained on.")
@@ -62,10 +62,14 @@ def _resolve_run(run: Path) -> ModelRef:
     return ModelRef(base.name, base.base, str(run), adapter=run / "adapter")
 
 
+def read_run_record(run: Path) -> dict:
+    """A run folder's recipe.yaml: its resolved recipe, base model and library versions."""
+    return yaml.safe_load((run / "recipe.yaml").read_text(encoding="utf-8")) or {}
+
+
 def method_of_run(run: Path) -> str | None:
-    """The method that produced a run folder (sft, reward, ...), read from its recipe.yaml."""
-    record = yaml.safe_load((run / "recipe.yaml").read_text(encoding="utf-8")) or {}
-    return record.get("method")
+    """The method that produced a run folder (sft, reward, ...)."""
+    return read_run_record(run).get("method")
 
 
 # ---------------------------------------------------------------- hub access
@@ -205,7 +209,7 @@ def load_run_model(name: str, task_type: str = "CAUSAL_LM", quantization: str | 
     from posttrain.precision import choose_precision, detect_hardware
 
     ref = resolve_model(name)
-    record = yaml.safe_load((ref.adapter.parent / "recipe.yaml").read_text(encoding="utf-8")) if ref.is_run else {}
+    record = read_run_record(ref.adapter.parent) if ref.is_run else {}
     spec = record.get("model") or {}
     quantization = quantization or spec.get("quantization", "none")
     tokenizer = load_tokenizer(ref, spec.get("chat_template", "llama2"))
