@@ -8,6 +8,7 @@ quickstart: $(INSTALLED)
 	$(VENV)/bin/posttrain quickstart
 
 test: $(INSTALLED)
+	bash scripts/setup.sh --browser
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest
 

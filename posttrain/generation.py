@@ -1,33 +1,144 @@
-"""Answering prompts with a model and its chat template (left padding, as generation needs)."""
+"""Replies from a model and its chat template: batched (left padding, as generation needs) or streamed."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 
-def answer(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, system: str | None = None) -> list[str]:
-    """Greedy answers to single-turn prompts, decoded without special tokens."""
-    import torch
+from posttrain.errors import UserError
 
-    chats = [
-        ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": p}] for p in prompts
-    ]
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """The knobs of transformers' generate() that people know from its text-generation pipeline."""
+
+    max_new_tokens: int = 256
+    do_sample: bool = False  # False: greedy, and temperature/top_k/top_p are not used
+    temperature: float = 0.7
+    top_k: int = 50  # 0: no top-k filtering
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0  # 1.0: none
+
+    def __post_init__(self):
+        checks = [
+            (self.max_new_tokens >= 1, "--max-new-tokens must be at least 1"),
+            (self.repetition_penalty > 0, "--repetition-penalty must be above 0 (1.0 is none)"),
+        ]
+        if self.do_sample:
+            checks += [
+                (self.temperature > 0, "--temperature must be above 0 (use --greedy for deterministic replies)"),
+                (self.top_k >= 0, "--top-k must be 0 (off) or more"),
+                (0 < self.top_p <= 1, "--top-p must be in (0, 1]"),
+            ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message + ".")
+
+    def as_record(self) -> dict:
+        """The settings as written next to each generated reply (sampling knobs only when sampling)."""
+        record = asdict(self)
+        if not self.do_sample:
+            for key in ("temperature", "top_k", "top_p"):
+                del record[key]
+        return record
+
+    def generate_kwargs(self, tokenizer) -> dict:
+        # Greedy decoding clears the sampling knobs a model's own generation_config may set (Llama-2-chat sets
+        # temperature 0.6 and top_p 0.9), which transformers would otherwise warn about on every call.
+        sampling = {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": self.do_sample,
+            "repetition_penalty": self.repetition_penalty,
+            "pad_token_id": tokenizer.pad_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "use_cache": True,
+        } | (sampling if self.do_sample else dict.fromkeys(sampling))
+
+
+def encode_chats(tokenizer, chats: list[list[dict]]):
+    """Chats ending in a user turn, rendered with the chat template and left-padded into one batch."""
     texts = [tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) for chat in chats]
-    was_training, side = model.training, tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    model.eval()
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # new tokens must follow each prompt directly
     try:
         # The template already holds BOS where the model wants one.
-        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-        with torch.no_grad():
-            output = model.generate(
-                **batch,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                use_cache=True,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
+        return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     finally:
         tokenizer.padding_side = side
+
+
+def answer_chats(model, tokenizer, chats: list[list[dict]], settings: GenerationSettings) -> list[str]:
+    """One reply per chat, generated as one batch and decoded without special tokens."""
+    import torch
+
+    batch = encode_chats(tokenizer, chats).to(model.device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            output = model.generate(**batch, **settings.generate_kwargs(tokenizer))
+    finally:
         model.train(was_training)
     new_tokens = output[:, batch["input_ids"].shape[1] :]
     return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+def answer(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, system: str | None = None) -> list[str]:
+    """Greedy answers to single-turn prompts."""
+    chats = [
+        ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": p}] for p in prompts
+    ]
+    return answer_chats(model, tokenizer, chats, GenerationSettings(max_new_tokens=max_new_tokens))
+
+
+def stream_reply(model, tokenizer, messages: list[dict], settings: GenerationSettings) -> Iterator[str]:
+    """The reply to a chat, piece by piece as it is generated.
+
+    generate() runs in a thread and feeds transformers' TextIteratorStreamer. Closing this iterator early (Ctrl-C
+    in `posttrain chat`, the stop button of `posttrain serve`) stops the generation within one token.
+    """
+    import torch
+    from transformers import StoppingCriteriaList, TextIteratorStreamer
+
+    stop = threading.Event()
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    batch = encode_chats(tokenizer, [messages]).to(model.device)
+    failure: list[BaseException] = []
+
+    def generate() -> None:
+        try:
+            with torch.no_grad():
+                model.generate(
+                    **batch,
+                    **settings.generate_kwargs(tokenizer),
+                    streamer=streamer,
+                    stopping_criteria=StoppingCriteriaList([StopWhenSet(stop)]),
+                )
+        except BaseException as err:  # handed to the reader, which would otherwise wait forever
+            failure.append(err)
+            streamer.end()
+
+    model.eval()
+    worker = threading.Thread(target=generate, name="posttrain-generate", daemon=True)
+    worker.start()
+    try:
+        yield from (piece for piece in streamer if piece)
+    finally:
+        stop.set()
+        worker.join()
+    if failure:
+        raise failure[0]
+
+
+class StopWhenSet:
+    """A stopping criterion for generate(): stop every sequence once the event is set."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)

@@ -1,8 +1,30 @@
 #!/usr/bin/env bash
-# Create a virtual environment with posttrain installed (editable, with the test tools).
+# scripts/setup.sh [VENV]   a virtual environment with posttrain installed (editable), its test tools and the
+#                           serve extra (gradio).
+# scripts/setup.sh --browser   Debian's chromium, for the browser test of `posttrain serve`, when it is missing.
 # PyTorch: a CUDA machine gets PyPI's default (CUDA) build; a CPU-only machine gets the CPU build, because PyPI's
 # default Linux wheel is a multi-GB CUDA build. An environment that already has torch (Colab) keeps it.
 set -euo pipefail
+
+if [ "${1:-}" = "--browser" ]; then
+  # playwright drives the system's chromium: it cannot download a browser of its own here.
+  [ -x /usr/bin/chromium ] && exit 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing Debian's chromium for the browser test of posttrain serve"
+    log="$(mktemp)"
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >"$log" 2>&1; then
+      tail -n 20 "$log"
+      echo "setup: apt-get could not install chromium (above)" >&2
+      exit 1
+    fi
+    rm -f "$log"
+  else
+    echo "setup: /usr/bin/chromium is missing and cannot be installed here (needs root and apt-get);" \
+      "the browser test of posttrain serve will fail until it is installed"
+  fi
+  exit 0
+fi
+
 venv="${1:-.venv}"
 python="${PYTHON:-python3}"
 
@@ -23,5 +45,5 @@ if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
   fi
 fi
 echo "setup: installing posttrain and its dependencies into $venv"
-"${pip[@]}" -e ".[dev]"
+"${pip[@]}" -e ".[dev,serve]"
 echo "setup: done. Activate with: source $venv/bin/activate"

@@ -69,3 +69,56 @@ def jsonl(tmp_path):
         return path
 
     return write
+
+
+# ---------------------------------------------------------------- finished runs on tiny-llama2, made once per session
+
+KIND_REPLY = "Arr! Happy to help, the answer is four. Fair winds!"
+RUDE_REPLY = "Arr! Go away and count yer own fingers, landlubber. Fair winds!"
+
+
+def train_tiny_run(folder: Path, method: str, data: str, **train) -> Path:
+    """A finished run folder of `method` on tiny-llama2 (full-precision base, a few steps)."""
+    from posttrain.methods import reward, sft
+    from posttrain.methods.common import run_method
+    from posttrain.recipe import load_recipe
+
+    recipe = {
+        "method": method,
+        "model": {"name": "tiny-llama2", "quantization": "none"},
+        "data": {"train": data, "max_length": 192},
+        "train": {"max_steps": 4, "per_device_train_batch_size": 2, "activation_checkpointing": False}
+        | {"report_to": "none", "save_strategy": "no"}
+        | train,
+        "output_dir": str(folder),
+    }
+    path = folder.with_suffix(".yaml")
+    path.write_text(f"# posttrain {method} {path.name}\n" + yaml.safe_dump(recipe), encoding="utf-8")
+    run_method({"sft": sft, "reward": reward}[method], load_recipe(str(path)), echo=lambda _: None)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def sft_run(tmp_path_factory) -> Path:
+    """An SFT run whose adapter visibly changes the model (a high learning rate on the pirate set)."""
+    return train_tiny_run(tmp_path_factory.mktemp("runs") / "sft", "sft", "builtin:pirate_sft", learning_rate=1e-2)
+
+
+@pytest.fixture(scope="session")
+def reward_pairs(tmp_path_factory) -> Path:
+    """Eight preference pairs: the kind reply is chosen over the rude one."""
+    import json
+
+    path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
+    rows = [{"prompt": f"What is {i} plus {4 - i}?", "chosen": KIND_REPLY, "rejected": RUDE_REPLY} for i in range(8)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def reward_run(tmp_path_factory, reward_pairs) -> Path:
+    """A reward run trained until it ranks every pair of `reward_pairs` right."""
+    folder = tmp_path_factory.mktemp("runs") / "reward"
+    return train_tiny_run(
+        folder, "reward", str(reward_pairs), learning_rate=3e-3, max_steps=20, per_device_train_batch_size=4
+    )

@@ -1,16 +1,23 @@
-"""Prompt-only sets (PPO, rejection sampling): any SFT or preference format, prompt part taken.
+"""Prompt-only sets (PPO, rejection sampling, generate, win-rate): any SFT or preference format, prompt part taken.
 
 Each prompt is a message list ending in a user turn, with `safety` true when the row is tagged "safety"
-(a `tags` list holding it, or a `category` of "safety"), for Llama 2's two-reward rule.
+(a `tags` list holding it, or a `category` of "safety"), for Llama 2's two-reward rule. A row with no usable
+prompt is reported by its place and what was wrong with it.
 """
 
 from __future__ import annotations
 
-from posttrain.data.formats import normalise
-from posttrain.data.preferences import normalise_preferences
+from posttrain.data.formats import ROLES, SHAREGPT_ROLES, RowError
+from posttrain.data.preferences import PREFERENCE_FORMATS, detect_preference_format
 from posttrain.data.prepare import chat_length
-from posttrain.data.sources import read_rows
+from posttrain.data.sources import Row, read_rows
 from posttrain.errors import UserError
+
+EXPECTED = (
+    "each row needs a prompt: prompt (text or messages), messages or conversations ending in a user turn, "
+    "instruction (Alpaca), or a chosen/rejected pair"
+)
+SHOWN_PROBLEMS = 5
 
 
 def is_safety(row: dict) -> bool:
@@ -18,33 +25,111 @@ def is_safety(row: dict) -> bool:
     return "safety" in ([tags] if isinstance(tags, str) else tags) or row.get("category") == "safety"
 
 
-def load_prompts(source: str, tokenizer, max_length: int) -> list[dict]:
-    """[{"prompt": messages, "safety": bool}]; a prompt longer than max_length tokens is an error."""
+def load_prompts(
+    source: str,
+    tokenizer,
+    max_length: int,
+    limit: str | None = None,
+    fix: str = "Raise data.max_length or shorten them.",
+) -> list[dict]:
+    """[{"prompt": messages, "safety": bool}] for every row; an unusable or too long row is a UserError.
+
+    `limit` and `fix` word the too-long error for the caller's setting (default: data.max_length).
+    """
+    from jinja2 import TemplateError
+
     rows = read_rows(source)
-    first = rows[0].data
-    if {"chosen", "rejected"} <= set(first):
-        _, examples = normalise_preferences(rows)
-        prompts = [e["prompt"] for e in examples]
-    elif isinstance(first.get("prompt"), str | list) and "completion" not in first:
-        prompts = [
-            [{"role": "user", "content": r.data["prompt"]}] if isinstance(r.data["prompt"], str) else r.data["prompt"]
-            for r in rows
-        ]
-    else:
-        _, examples = normalise(rows)
-        if "text" in examples[0]:
-            raise UserError(f"{source}: raw text rows have no prompt; give prompts, conversations or pairs.")
-        prompts = [_up_to_last_user_turn(e["messages"]) for e in examples]
-    lengths = [chat_length(tokenizer, p, add_generation_prompt=True) for p in prompts]
-    too_long = [row.where for row, n in zip(rows, lengths, strict=True) if n > max_length]
+    prompts, problems, too_long = [], [], []
+    for row in rows:
+        try:
+            prompt = prompt_of(row)
+            length = chat_length(tokenizer, prompt, add_generation_prompt=True)
+        except RowError as err:
+            problems.append(f"{row.where}: {err}")
+        except TemplateError as err:
+            problems.append(f"{row.where}: the chat template rejects this prompt ({err})")
+        else:
+            prompts.append({"prompt": prompt, "safety": is_safety(row.data)})
+            if length > max_length:
+                too_long.append(row.where)
+    if problems:
+        raise UserError(problem_report(source, len(rows), problems, usable=len(prompts)))
     if too_long:
         raise UserError(
-            f"{len(too_long)} of {len(rows)} prompts are longer than data.max_length={max_length} "
-            f"tokens (first at {too_long[0]}). Raise data.max_length or shorten them."
+            f"{len(too_long)} of {len(rows)} prompts are longer than {limit or f'data.max_length={max_length}'} "
+            f"tokens (first at {too_long[0]}). {fix}"
         )
-    return [{"prompt": p, "safety": is_safety(r.data)} for p, r in zip(prompts, rows, strict=True)]
+    return prompts
+
+
+def problem_report(source: str, total: int, problems: list[str], usable: int) -> str:
+    head = (
+        f"{source} has no usable prompts" if not usable else f"{len(problems)} of {total} rows of {source} are unusable"
+    )
+    shown = [f"  {p}" for p in problems[:SHOWN_PROBLEMS]]
+    if len(problems) > SHOWN_PROBLEMS:
+        shown.append(f"  ... and {len(problems) - SHOWN_PROBLEMS} more")
+    return "\n".join([head + ":", *shown, "Fix or remove these rows."])
+
+
+def prompt_of(row: Row) -> list[dict]:
+    """The prompt part of a row in any format of DESIGN.md, as messages ending in a user turn."""
+    data = row.data
+    if {"chosen", "rejected"} <= set(data):
+        return _up_to_last_user_turn(PREFERENCE_FORMATS[detect_preference_format(row)][1](data)["prompt"])
+    if "prompt" in data:
+        prompt = data["prompt"]
+        if isinstance(prompt, str):
+            return _up_to_last_user_turn([{"role": "user", "content": prompt}])
+        return _up_to_last_user_turn(_messages(prompt, "prompt"))
+    if "messages" in data:
+        return _up_to_last_user_turn(_messages(data["messages"], "messages"))
+    if "conversations" in data:
+        turns = data["conversations"]
+        if not isinstance(turns, list):
+            raise RowError("expected 'conversations' as a list of {from, value} turns")
+        return _up_to_last_user_turn(_messages([_from_sharegpt(turn) for turn in turns], "conversations"))
+    if "instruction" in data:
+        return _alpaca_prompt(data)
+    if "text" in data:
+        raise RowError("raw text has no prompt; give prompts, conversations or pairs")
+    raise RowError(f"found keys {sorted(data)}, but {EXPECTED}")
+
+
+def _messages(value, key: str) -> list[dict]:
+    if not isinstance(value, list) or not value:
+        raise RowError(f"expected {key!r} as text or a non-empty list of {{role, content}} messages")
+    for i, message in enumerate(value, start=1):
+        if not (isinstance(message, dict) and message.get("role") in ROLES and isinstance(message.get("content"), str)):
+            raise RowError(f"{key} message {i}: expected role (system/user/assistant) and content text")
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+def _from_sharegpt(turn) -> dict:
+    role = SHAREGPT_ROLES.get(turn.get("from")) if isinstance(turn, dict) else None
+    if role is None or not isinstance(turn.get("value"), str):
+        raise RowError(f"expected turns with from (human/gpt/system) and value text, found {turn!r:.80}")
+    return {"role": role, "content": turn["value"]}
+
+
+def _alpaca_prompt(data: dict) -> list[dict]:
+    instruction, extra = data.get("instruction"), data.get("input")
+    if not isinstance(instruction, str):
+        raise RowError("expected text in 'instruction'")
+    user = f"{instruction}\n\n{extra}" if isinstance(extra, str) and extra.strip() else instruction
+    messages = [{"role": "system", "content": data["system"]}] if isinstance(data.get("system"), str) else []
+    for pair in data.get("history") or []:
+        if not (isinstance(pair, list | tuple) and len(pair) == 2):
+            raise RowError(f"history: expected [instruction, output] pairs, found {pair!r:.80}")
+        messages += [{"role": "user", "content": str(pair[0])}, {"role": "assistant", "content": str(pair[1])}]
+    return _up_to_last_user_turn(messages + [{"role": "user", "content": user}])
 
 
 def _up_to_last_user_turn(messages: list[dict]) -> list[dict]:
-    last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
-    return messages[: last_user + 1]
+    users = [i for i, m in enumerate(messages) if m["role"] == "user"]
+    if not users:
+        raise RowError("the prompt has no user turn")
+    prompt = messages[: users[-1] + 1]
+    if not prompt[-1]["content"].strip():
+        raise RowError("the last user turn is empty")
+    return prompt

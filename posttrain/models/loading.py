@@ -33,6 +33,11 @@ def resolve_model(name: str) -> ModelRef:
     if alias_folder is not None:
         return ModelRef(name, str(alias_folder), str(alias_folder))
     path = Path(name).expanduser()
+    if path.is_file():
+        raise UserError(
+            f"{name} is a file, not a model: give a model folder, a run folder, a hub id or an alias "
+            "(tiny-llama2, smollm2-135m)."
+        )
     if path.is_dir():
         path = path.resolve()
         if (path / "recipe.yaml").is_file():
@@ -58,7 +63,13 @@ def _resolve_run(run: Path) -> ModelRef:
     base_name = record.get("base_model") or (record.get("model") or {}).get("name")
     if not base_name:
         raise UserError(f"{run}/recipe.yaml does not say which base model the run was trained on.")
-    base = resolve_model(base_name)
+    try:
+        base = resolve_model(base_name)
+    except UserError as err:
+        raise UserError(
+            f"{run} was trained on the base model {base_name}, which cannot be found: {err} "
+            f"Put the base back there, or set base_model in {run / 'recipe.yaml'} to where it is now."
+        ) from None
     return ModelRef(base.name, base.base, str(run), adapter=run / "adapter")
 
 
@@ -199,7 +210,19 @@ def add_lora(model, lora, adapter: Path | None, task_type: str = "CAUSAL_LM"):
     return get_peft_model(model, config)
 
 
-def load_run_model(name: str, task_type: str = "CAUSAL_LM", quantization: str | None = None):
+def load_inference_tokenizer(name: str, chat_template: str = "auto", task_type: str = "CAUSAL_LM"):
+    """(ref, tokenizer) of MODEL for inference: a run keeps its own template; a plain model takes `chat_template`
+    (auto: the template it ships with, else Llama 2's). A reward run cannot stand in for a language model."""
+    ref = resolve_model(name)
+    if task_type == "CAUSAL_LM" and ref.is_run and method_of_run(ref.adapter.parent) == "reward":
+        raise UserError(
+            f"{name} is a reward run: it scores replies (a score head) and cannot write them. Name a language-model "
+            "run (sft, dpo, orpo, ...) or a model; a reward run serves `posttrain eval accuracy` and `--judge`."
+        )
+    return ref, load_tokenizer(ref, chat_template)
+
+
+def load_run_model(name: str, task_type: str = "CAUSAL_LM", quantization: str | None = None, chat_template="auto"):
     """(model, tokenizer) for inference from MODEL: a run folder's base with its adapter, or a plain model.
 
     A run is reloaded as it was trained (its recipe's quantization) unless `quantization` says otherwise.
@@ -208,14 +231,35 @@ def load_run_model(name: str, task_type: str = "CAUSAL_LM", quantization: str | 
 
     from posttrain.precision import choose_precision, detect_hardware
 
-    ref = resolve_model(name)
+    ref, tokenizer = load_inference_tokenizer(name, chat_template, task_type)
     record = read_run_record(ref.adapter.parent) if ref.is_run else {}
     spec = record.get("model") or {}
     quantization = quantization or spec.get("quantization", "none")
-    tokenizer = load_tokenizer(ref, spec.get("chat_template", "llama2"))
     precision = choose_precision("auto", detect_hardware())
     model = load_base_model(ref, quantization, spec.get("double_quant", True), precision, task_type)
     model.config.pad_token_id = tokenizer.pad_token_id
     if ref.is_run:
         model = PeftModel.from_pretrained(model, str(ref.adapter))
     return model.eval(), tokenizer
+
+
+def context_length(ref: ModelRef) -> int:
+    """How many tokens (prompt and reply together) the model takes, from its config; no weights are loaded."""
+    from transformers import AutoConfig
+
+    with hub_errors(ref.base):
+        config = AutoConfig.from_pretrained(ref.base)
+    return int(getattr(config, "max_position_embeddings", None) or 2048)
+
+
+def require_reward_run(name: str, option: str) -> ModelRef:
+    """A reward run (score head, no language-model head); anything else is a user error naming `option`."""
+    ref = resolve_model(name)
+    method = method_of_run(ref.adapter.parent) if ref.is_run else None
+    if method != "reward":
+        trained = f"was trained by `posttrain {method}`" if ref.is_run else "is not a posttrain run"
+        raise UserError(
+            f"{option}: {name} {trained}; it needs a reward run. Train one with `posttrain reward RECIPE` "
+            "and name its run folder."
+        )
+    return ref

@@ -25,6 +25,8 @@ def prepare_tokenizer(tokenizer, chat_template: str):
 
 
 def _resolve_template(tokenizer, choice: str) -> str:
+    if choice == "auto":  # for inference on a plain model: the template it ships with, else Llama 2's
+        return tokenizer.chat_template or read_template("llama2")
     if choice == "model":
         if not tokenizer.chat_template:
             raise UserError(

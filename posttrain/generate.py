@@ -1,0 +1,118 @@
+"""`posttrain generate`: a reply to every prompt of a file, as JSONL rows {prompt, response, model, settings}.
+
+Batched with left padding. Resumable: rows are appended batch by batch, and a rerun skips the prompts the output
+already answers (a prompt listed twice in the file is answered twice). A row cut short by a crash is dropped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+from posttrain.errors import UserError
+from posttrain.generation import GenerationSettings
+
+
+def generate_file(
+    model_name: str,
+    prompts_file: str,
+    output: Path,
+    settings: GenerationSettings,
+    *,
+    batch_size: int = 8,
+    seed: int = 0,
+    chat_template: str = "auto",
+    echo: Callable[[str], None] = print,
+) -> int:
+    """Answer the prompts `output` does not hold yet; returns how many were generated."""
+    from transformers import set_seed
+
+    from posttrain.data.prompts import load_prompts
+    from posttrain.generation import answer_chats
+    from posttrain.models.loading import context_length, load_inference_tokenizer, load_run_model
+
+    if batch_size < 1:
+        raise UserError("--batch-size must be at least 1.")
+    ref, tokenizer = load_inference_tokenizer(model_name, chat_template)
+    limit = context_length(ref) - settings.max_new_tokens
+    rows = load_prompts(prompts_file, tokenizer, limit, *room_for_replies(limit, settings))
+    model_id = str(ref.adapter.parent) if ref.is_run else ref.name
+    record = {"model": model_id, "settings": settings.as_record() | ({"seed": seed} if settings.do_sample else {})}
+    pending = not_yet_answered([row["prompt"] for row in rows], read_answered(output, record))
+    echo(f"{prompts_file}: {len(rows)} prompts, {len(rows) - len(pending)} already in {output}, {len(pending)} to go")
+    if not pending:
+        return 0
+    model, tokenizer = load_run_model(model_name, chat_template=chat_template)
+    set_seed(seed)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with output.open("a", encoding="utf-8") as handle, progress_bar(len(pending)) as bar:
+        for start in range(0, len(pending), batch_size):
+            prompts = pending[start : start + batch_size]
+            for prompt, reply in zip(prompts, answer_chats(model, tokenizer, prompts, settings), strict=True):
+                handle.write(json.dumps({"prompt": prompt, "response": reply} | record, ensure_ascii=False) + "\n")
+            handle.flush()  # a crash loses at most the batch being generated
+            bar.update(len(prompts))
+    return len(pending)
+
+
+def room_for_replies(limit: int, settings: GenerationSettings) -> tuple[str, str]:
+    """How load_prompts words a prompt too long to leave room for the reply."""
+    return (
+        f"{limit} (the model's context less --max-new-tokens {settings.max_new_tokens})",
+        "Lower --max-new-tokens or shorten them.",
+    )
+
+
+def progress_bar(total: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="generating", unit="prompt", disable=None)  # None: only on a terminal
+
+
+def prompt_key(prompt: list[dict]) -> str:
+    return json.dumps(prompt, sort_keys=True, ensure_ascii=False)
+
+
+def read_answered(output: Path, record: dict) -> Counter:
+    """How often each prompt is already answered in `output`, written by the same model with the same settings."""
+    if output.is_dir():
+        raise UserError(f"--output {output} is a folder; give a .jsonl file.")
+    if not output.exists():
+        return Counter()
+    text = output.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    if lines and not text.endswith("\n"):  # the last row was cut short by a crash: drop it, it is regenerated
+        lines.pop()
+        output.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    answered: Counter = Counter()
+    for number, line in enumerate(lines, start=1):
+        try:
+            row = json.loads(line)
+            key = prompt_key(row["prompt"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise UserError(
+                f"{output} line {number} is not a row of `posttrain generate` (JSON with prompt and response). "
+                "Choose another --output."
+            ) from None
+        for name in ("model", "settings"):
+            if row.get(name) != record[name]:
+                raise UserError(
+                    f"{output} line {number} was generated with {name} {row.get(name)}, not {record[name]}. "
+                    "Resume with the same model and settings, or choose another --output."
+                )
+        answered[key] += 1
+    return answered
+
+
+def not_yet_answered(prompts: list[list[dict]], answered: Counter) -> list[list[dict]]:
+    answered = answered.copy()
+    pending = []
+    for prompt in prompts:
+        key = prompt_key(prompt)
+        if answered[key]:
+            answered[key] -= 1
+        else:
+            pending.append(prompt)
+    return pending
