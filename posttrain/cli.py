@@ -71,7 +71,8 @@ TRAINING_COMMANDS = {
     "reward": "Train a reward model on binary comparisons (Llama 2 / InstructGPT step 2).",
     "dpo": "Direct preference optimisation, usually on top of an SFT run.",
     "orpo": "ORPO: instruction tuning and preference alignment in one stage, from a base model.",
-    "ppo": "RLHF with PPO (experimental): policy, reference, value and reward adapters on one 4-bit base.",
+    "ppo": "RLHF with PPO: policy, reference, value and reward adapters on one 4-bit base.",
+    "rs": "Rejection-sampling fine-tuning (Llama 2): sample K answers, keep the reward run's best, SFT on them.",
 }
 RecipeArg = Annotated[str, typer.Argument(help="YAML path or shipped recipe name (see `posttrain recipes`).")]
 
@@ -87,19 +88,29 @@ def train(method: str, recipe: str, overrides, output_dir, resume: bool, overwri
     options = {"resume": resume, "overwrite": overwrite, "dry_run": dry_run, "echo": typer.echo}
     # ppo is posttrain's own trainer; the TRL-backed methods share run_method
     metrics = module.run(loaded, **options) if hasattr(module, "run") else run_method(module, loaded, **options)
-    if metrics is not None and "train" in metrics:
-        typer.echo(f"done: run folder {loaded.output_dir} (train loss {metrics['train'].get('train_loss', 0):.4f})")
-        if "reward_accuracy" in metrics:
-            typer.echo(
-                f"eval accuracy {metrics['reward_accuracy']['accuracy']:.3f} "
-                f"on {metrics['reward_accuracy']['pairs']} held-out pairs"
-            )
-    elif metrics is not None:  # ppo
-        first, final = metrics["first"], metrics["final"]
-        typer.echo(
-            f"done: run folder {loaded.output_dir} (mean score {first['score']:.3f} over the first steps, "
-            f"{final['score']:.3f} over the last; KL to the reference {final['kl']:.3f})"
+    if metrics is not None:
+        typer.echo(f"done: run folder {loaded.output_dir} ({outcome(metrics)})")
+
+
+def outcome(metrics: dict) -> str:
+    """A run's result in one line: the loss of TRL methods, the score of ppo and rs."""
+    if "rounds" in metrics:  # rs
+        first, last = metrics["rounds"][0], metrics["rounds"][-1]
+        return (
+            f"mean score of the policy's samples {first['mean_score']:.3f} in round 1, {last['mean_score']:.3f} "
+            f"in round {last['round']}; the kept answers of the last round scored {last['best_score']:.3f}"
         )
+    if "first" in metrics:  # ppo
+        first, final = metrics["first"], metrics["final"]
+        return (
+            f"mean score {first['score']:.3f} over the first steps, {final['score']:.3f} over the last; "
+            f"KL to the reference {final['kl']:.3f}"
+        )
+    line = f"train loss {metrics['train'].get('train_loss', 0):.4f}"
+    if "reward_accuracy" in metrics:
+        accuracy = metrics["reward_accuracy"]
+        line += f"; eval accuracy {accuracy['accuracy']:.3f} on {accuracy['pairs']} held-out pairs"
+    return line
 
 
 def add_training_command(method: str, help_text: str) -> None:
@@ -153,7 +164,7 @@ def recipes(
             only = f" ({section} recipes only)" if section in method_sections else ""
             typer.echo(f"\n{section}:{only}")
             for key, default, text in field_help(cls):
-                typer.echo(f"  {key:<15} {default!s:<12} {text}")
+                typer.echo(f"  {key:<19} {default!s:<12} {text}")
         typer.echo("\ntrain:\n  any field of the method's TRL config (SFTConfig, DPOConfig, ...)")
 
 

@@ -19,12 +19,14 @@ from typing import Any, Literal
 import yaml
 
 from posttrain.errors import UserError
-from posttrain.sections import DataSection, LoraSection, ModelSection, PPOSection, RewardSection
+from posttrain.sections import DataSection, LoraSection, ModelSection, PPOSection, RewardSection, RSSection
 
-METHODS = ("sft", "reward", "dpo", "orpo", "ppo")
-# The TRL config class behind each method's `train:` section (ppo is posttrain's own trainer).
+METHODS = ("sft", "reward", "dpo", "orpo", "ppo", "rs")
+# The TRL config class behind each method's `train:` section (ppo is posttrain's own trainer; rs fine-tunes
+# on its selected answers with SFT).
 TRAIN_CONFIGS = {
     "sft": ("trl", "SFTConfig"),
+    "rs": ("trl", "SFTConfig"),
     "reward": ("trl", "RewardConfig"),
     "dpo": ("trl", "DPOConfig"),
     "orpo": ("posttrain.trl_compat", "ORPOConfig"),
@@ -51,6 +53,7 @@ class Recipe:
     lora: LoraSection = field(default_factory=LoraSection)
     reward: RewardSection = field(default_factory=RewardSection)
     ppo: PPOSection | None = None
+    rs: RSSection | None = None
     train: dict[str, Any] = field(default_factory=dict)
     output_dir: str = ""
     source: str = ""  # where the recipe came from, for messages
@@ -63,7 +66,7 @@ class Recipe:
 
 SECTIONS = {"model": ModelSection, "lora": LoraSection, "data": DataSection}
 # Sections for what TRL has no field for, allowed only in their method's recipes.
-METHOD_SECTIONS = {"reward": {"reward": RewardSection}, "ppo": {"ppo": PPOSection}}
+METHOD_SECTIONS = {"reward": {"reward": RewardSection}, "ppo": {"ppo": PPOSection}, "rs": {"rs": RSSection}}
 
 
 def sections_of(method: str) -> dict[str, type]:

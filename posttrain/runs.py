@@ -27,8 +27,9 @@ def library_versions() -> dict[str, str]:
 
 
 class RunFolder:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, checkpoint_pattern: str = "checkpoint-*"):
         self.path = Path(path).expanduser()
+        self.checkpoint_pattern = checkpoint_pattern  # NAME-NUMBER folders under checkpoints/
 
     adapter = property(lambda self: self.path / "adapter")
     checkpoints = property(lambda self: self.path / "checkpoints")
@@ -41,7 +42,7 @@ class RunFolder:
         return self.metrics_file.is_file()
 
     def latest_checkpoint(self) -> Path | None:
-        steps = sorted(self.checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.rpartition("-")[2]))
+        steps = sorted(self.checkpoints.glob(self.checkpoint_pattern), key=lambda p: int(p.name.rpartition("-")[2]))
         return steps[-1] if steps else None
 
     def check_writable(self, *, resume: bool, overwrite: bool) -> None:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from posttrain.errors import UserError
 
@@ -101,7 +101,9 @@ class RewardSection:
 
 
 @dataclass
-class PPOSection:
+class SamplingSection:
+    """What PPO and rejection sampling share: the reward run(s) and how responses are sampled."""
+
     reward: str | dict[str, str] = field(
         default="", metadata=_help("reward run folder, or {helpfulness: RUN, safety: RUN} (Llama 2's rule)")
     )
@@ -110,7 +112,30 @@ class PPOSection:
     top_k: int = field(default=0, metadata=_help("sample from the k likeliest tokens (0: all)"))
     top_p: float = field(default=1.0, metadata=_help("nucleus sampling mass"))
     safety_threshold: float = field(default=0.15, metadata=_help("Llama 2: use the safety score below this"))
+    missing_eos_penalty: float = field(
+        default=1.0, metadata=_help("subtracted from the score of a response with no EOS")
+    )
     seed: int = field(default=42, metadata=_help("seed of sampling and prompt order"))
+
+    def __post_init__(self) -> None:
+        section = self.SECTION
+        if not self.reward:
+            raise UserError(
+                f"recipe key {section}.reward is required: a reward run folder, or "
+                "{helpfulness: RUN, safety: RUN} for Llama 2's two reward models."
+            )
+        if isinstance(self.reward, dict) and set(self.reward) != {"helpfulness", "safety"}:
+            raise UserError(
+                f"{section}.reward as a mapping takes exactly helpfulness and safety, got {sorted(self.reward)}."
+            )
+        if self.temperature <= 0:
+            raise UserError(f"{section}.temperature must be above 0 (responses are sampled), got {self.temperature}.")
+
+
+@dataclass
+class PPOSection(SamplingSection):
+    SECTION: ClassVar[str] = "ppo"
+
     steps: int = field(default=20, metadata=_help("PPO iterations (rollout batch + optimisation)"))
     batch_size: int = field(default=8, metadata=_help("prompts per rollout batch (per process)"))
     mini_batch_size: int = field(default=4, metadata=_help("sequences per optimiser step"))
@@ -123,22 +148,29 @@ class PPOSection:
     value_clip_range: float = field(default=0.2, metadata=_help("value change clip"))
     value_loss_coef: float = field(default=0.1, metadata=_help("weight of the value loss"))
     whiten_rewards: bool = field(default=True, metadata=_help("whiten the scores per batch (Llama 2)"))
-    missing_eos_penalty: float = field(
-        default=1.0, metadata=_help("subtracted from the score of a response with no EOS")
-    )
     max_grad_norm: float = field(default=1.0, metadata=_help("gradient clipping"))
     save_steps: int = field(default=10, metadata=_help("checkpoint every this many steps"))
 
     def __post_init__(self) -> None:
-        if not self.reward:
-            raise UserError(
-                "recipe key ppo.reward is required: a reward run folder, or "
-                "{helpfulness: RUN, safety: RUN} for Llama 2's two reward models."
-            )
-        if isinstance(self.reward, dict) and set(self.reward) != {"helpfulness", "safety"}:
-            raise UserError(f"ppo.reward as a mapping takes exactly helpfulness and safety, got {sorted(self.reward)}.")
+        super().__post_init__()
         if self.mini_batch_size > self.batch_size or self.batch_size % self.mini_batch_size:
             raise UserError(
                 f"ppo.batch_size ({self.batch_size}) must be a multiple of ppo.mini_batch_size "
                 f"({self.mini_batch_size})."
             )
+
+
+@dataclass
+class RSSection(SamplingSection):
+    SECTION: ClassVar[str] = "rs"
+
+    iterations: int = field(default=2, metadata=_help("rounds of sample -> keep the best -> fine-tune"))
+    samples_per_prompt: int = field(default=4, metadata=_help("K: responses sampled per prompt, best one kept"))
+    batch_size: int = field(default=8, metadata=_help("prompts sampled together (each K times)"))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.samples_per_prompt < 2:
+            raise UserError(f"rs.samples_per_prompt must be at least 2 to choose from, got {self.samples_per_prompt}.")
+        if self.iterations < 1:
+            raise UserError(f"rs.iterations must be at least 1, got {self.iterations}.")

@@ -151,7 +151,7 @@ def test_prompts_longer_than_max_length(tmp_path, runs):
     path = ppo_recipe(tmp_path, runs)
     recipe = yaml.safe_load(path.read_text())
     recipe["data"]["max_length"] = 16
-    assert_refused(tmp_path, write(path, recipe), "prompts are longer than data.max_length=16")
+    assert_refused(tmp_path, write(path, recipe), "prompts are longer than data.max_length - ppo.max_new_tokens = 8")
 
 
 def test_safety_tagged_prompts_need_a_safety_reward_run(tmp_path, runs):

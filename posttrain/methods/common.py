@@ -46,12 +46,14 @@ class Stage:
 
 
 # Which earlier runs a method may continue from: causal-LM adapters chain; a reward model is another head.
+POLICIES = {"sft", "dpo", "orpo", "ppo", "rs"}
 CONTINUES_FROM = {
-    "sft": {"sft", "dpo", "orpo"},
-    "dpo": {"sft", "dpo", "orpo"},
-    "orpo": {"sft", "dpo", "orpo"},
+    "sft": POLICIES,
+    "dpo": POLICIES,
+    "orpo": POLICIES,
+    "ppo": POLICIES,
+    "rs": POLICIES,
     "reward": {"reward"},
-    "ppo": {"sft", "dpo", "orpo", "ppo"},
 }
 
 

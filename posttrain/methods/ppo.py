@@ -42,15 +42,19 @@ def check_reward_run(run: str, stage: Stage, key: str) -> Path:
     return ref.adapter
 
 
-def prepare(recipe: Recipe) -> tuple[Stage, list[dict], dict[str, Path]]:
+def prepare(recipe: Recipe, prompt_room: int = 0) -> tuple[Stage, list[dict], dict[str, Path]]:
+    """The stage, the prompts and the reward runs of a ppo or rs recipe, all checked before any weights load.
+    `prompt_room` tokens of data.max_length are kept free for the response."""
     stage = prepare_stage(recipe)
-    runs = reward_runs(recipe.ppo.reward)
-    section = recipe.method
+    section = recipe.method  # ppo or rs: both sections hold reward and sampling settings
+    runs = reward_runs(getattr(recipe, section).reward)
     rewards = {
         role: check_reward_run(run, stage, f"{section}.reward" + (f".{role}" if role != "reward" else ""))
         for role, run in runs.items()
     }
-    prompts = load_prompts(recipe.data.train, stage.tokenizer, recipe.data.max_length)
+    limit = recipe.data.max_length - prompt_room
+    words = {"limit": f"data.max_length - {section}.max_new_tokens = {limit}"} if prompt_room else {}
+    prompts = load_prompts(recipe.data.train, stage.tokenizer, limit, **words)
     tagged = sum(p["safety"] for p in prompts)
     if tagged and "safety" not in rewards:
         raise UserError(
@@ -60,16 +64,21 @@ def prepare(recipe: Recipe) -> tuple[Stage, list[dict], dict[str, Path]]:
     return stage, prompts, rewards
 
 
-def build_shared_model(stage: Stage, rewards: dict[str, Path]):
-    from peft import LoraConfig, prepare_model_for_kbit_training
+def plan_lines(stage: Stage, prompts: list[dict], rewards: dict[str, Path]) -> list[str]:
+    return stage.plan_lines() + [
+        f"prompts     {len(prompts)} from {stage.recipe.data.train} ({sum(p['safety'] for p in prompts)} "
+        "tagged safety)",
+        f"reward      {', '.join(f'{role}: {path.parent}' for role, path in rewards.items())}",
+    ]
 
-    from posttrain.rl.shared_model import SharedModel
+
+def load_base(stage: Stage):
+    """The (4-bit) base every adapter of PPO or rejection sampling sits on, and the config of a new LoRA."""
+    from peft import LoraConfig
 
     r = stage.recipe
     base = load_base_model(stage.model, r.model.quantization, r.model.double_quant, stage.precision)
     base.config.pad_token_id = stage.tokenizer.pad_token_id
-    if getattr(base, "hf_quantizer", None) is not None:
-        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
     lora = LoraConfig(
         r=r.lora.r,
         lora_alpha=r.lora.alpha,
@@ -77,6 +86,17 @@ def build_shared_model(stage: Stage, rewards: dict[str, Path]):
         target_modules=r.lora.target_modules,
         task_type="CAUSAL_LM",
     )
+    return base, lora
+
+
+def build_shared_model(stage: Stage, rewards: dict[str, Path]):
+    from peft import prepare_model_for_kbit_training
+
+    from posttrain.rl.shared_model import SharedModel
+
+    base, lora = load_base(stage)
+    if getattr(base, "hf_quantizer", None) is not None:
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
     shared = SharedModel.build(base, lora, stage.adapter, rewards)
     keep_trainable_fp32(shared)
     return shared
@@ -94,12 +114,10 @@ def run(
 
     from posttrain.rl.ppo import PPOTrainer
 
-    stage, prompts, rewards = prepare(recipe)
+    stage, prompts, rewards = prepare(recipe, prompt_room=recipe.ppo.max_new_tokens)
     stage.run.check_writable(resume=resume, overwrite=overwrite)
     s = recipe.ppo
-    for line in stage.plan_lines() + [
-        f"prompts     {len(prompts)} from {recipe.data.train} ({sum(p['safety'] for p in prompts)} tagged safety)",
-        f"reward      {', '.join(f'{role}: {path.parent}' for role, path in rewards.items())}",
+    for line in plan_lines(stage, prompts, rewards) + [
         f"ppo         {s.steps} steps x {s.batch_size} prompts, {s.ppo_epochs} epochs of {s.mini_batch_size}, "
         f"kl_beta {s.kl_beta}, max_new_tokens {s.max_new_tokens}",
     ]:

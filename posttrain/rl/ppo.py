@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 
 from posttrain.rl.ppo_math import (
-    combine_llama2_rewards,
     entropy,
     gae,
     kl_shaped_rewards,
@@ -24,6 +23,7 @@ from posttrain.rl.ppo_math import (
     value_loss,
     whiten,
 )
+from posttrain.rl.sampling import reward_scores, sample
 
 
 @dataclass
@@ -47,15 +47,6 @@ def response_logprobs(logits: torch.Tensor, batch: dict, query_length: int) -> t
     logits = logits[:, query_length - 1 : -1].float()
     tokens = batch["input_ids"][:, query_length:]
     return torch.log_softmax(logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-
-
-def response_mask_of(responses: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mask of real response tokens, up to and including the first EOS; whether each response has an EOS)."""
-    is_eos = responses == eos_id
-    has_eos = is_eos.any(dim=1)
-    first_eos = torch.where(has_eos, is_eos.int().argmax(dim=1), responses.shape[1] - 1)
-    positions = torch.arange(responses.shape[1], device=responses.device)
-    return (positions <= first_eos.unsqueeze(1)).long(), has_eos
 
 
 class PPOTrainer:
@@ -85,35 +76,12 @@ class PPOTrainer:
         return [self.prompts[i] for i in picks[rank::world]]
 
     def rollout(self, step: int) -> tuple[Rollout, dict]:
-        s, tok, shared = self.settings, self.tokenizer, self.shared
-        rows = self._prompt_batch(step)
+        s, shared = self.settings, self.shared
         timings = {}
         started = time.perf_counter()
-        texts = [tok.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in rows]
-        tok.padding_side = "left"
-        query = tok(texts, padding=True, add_special_tokens=False, return_tensors="pt").to(self.accelerator.device)
-        tok.padding_side = "right"
         torch.manual_seed(s.seed * 100_003 + step * 1_009 + self.accelerator.process_index)
-        output = shared.generate(
-            **query,
-            do_sample=True,
-            max_new_tokens=s.max_new_tokens,
-            temperature=s.temperature,
-            top_k=s.top_k,
-            top_p=s.top_p,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-        )
-        query_length = query["input_ids"].shape[1]
-        responses = output[:, query_length:]
-        response_mask, has_eos = response_mask_of(responses, tok.eos_token_id)
-        responses = responses.masked_fill(response_mask == 0, tok.pad_token_id)
-        attention = torch.cat([query["attention_mask"], response_mask], dim=1)
-        batch = {
-            "input_ids": torch.cat([query["input_ids"], responses], dim=1),
-            "attention_mask": attention,
-            "position_ids": (attention.cumsum(dim=1) - 1).clamp(min=0),
-        }
+        samples = sample(shared, self.tokenizer, self._prompt_batch(step), s, self.accelerator.device)
+        batch, query_length = samples.batch, samples.query_length
         timings["generation_s"] = time.perf_counter() - started
 
         started = time.perf_counter()
@@ -121,19 +89,17 @@ class PPOTrainer:
             logits, values = self.model(**batch)
             logprobs = response_logprobs(logits, batch, query_length)
             ref_logprobs = response_logprobs(shared.reference_logits(batch), batch, query_length)
-            last = query_length + response_mask.sum(dim=1) - 1
-            scores = self._scores(batch, last, torch.tensor([r["safety"] for r in rows], device=last.device))
+            scores = reward_scores(shared, samples, self.roles, s.safety_threshold)
         values = values[:, query_length - 1 : -1].float()
-        shaped = scores - s.missing_eos_penalty * (~has_eos).float()
-        if s.whiten_rewards and len(rows) > 1:
+        shaped = scores - s.missing_eos_penalty * (~samples.has_eos).float()
+        if s.whiten_rewards and len(scores) > 1:
             shaped = whiten(shaped)
-        mask = response_mask.float()
+        mask = samples.response_mask.float()
         rewards, kl = kl_shaped_rewards(shaped, logprobs, ref_logprobs, mask, s.kl_beta)
         advantages, returns = gae(rewards, values * mask, mask, s.gamma, s.lam)
         advantages = whiten(advantages, mask)
         timings["scoring_s"] = time.perf_counter() - started
-        decoded = tok.batch_decode(responses, skip_special_tokens=True)
-        prompts = [r["prompt"][-1]["content"] for r in rows]
+        prompts = [row["prompt"][-1]["content"] for row in samples.prompts]
         rollout = Rollout(
             batch,
             query_length,
@@ -144,16 +110,9 @@ class PPOTrainer:
             returns,
             scores,
             kl,
-            list(zip(prompts, decoded, strict=True)),
+            list(zip(prompts, samples.responses, strict=True)),
         )
         return rollout, timings
-
-    def _scores(self, batch: dict, last: torch.Tensor, safety_prompt: torch.Tensor) -> torch.Tensor:
-        shared = self.shared
-        if self.roles == ["reward"]:
-            return shared.scores("reward", batch, last)
-        helpful, safe = (shared.scores(role, batch, last) for role in ("helpfulness", "safety"))
-        return combine_llama2_rewards(helpful, safe, safety_prompt, self.settings.safety_threshold)
 
     # ------------------------------------------------------------ optimisation
 

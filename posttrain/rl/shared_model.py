@@ -42,44 +42,43 @@ class SharedModel(nn.Module):
     """The PPO networks over one base. forward() gives the policy's logits and the value estimates together,
     so a distributed wrapper (accelerate) sees one forward and one backward per optimisation step."""
 
-    def __init__(self, peft_model, value_head: nn.Linear, reward_heads: dict[str, nn.Linear], has_reference: bool):
+    def __init__(self, peft_model, value_head: nn.Linear | None, reward_heads: dict[str, nn.Linear], has_reference):
         super().__init__()
         self.peft = peft_model
-        self.value_head = value_head
+        self.value_head = value_head  # None when only sampling (rejection sampling trains nothing here)
         self.reward_heads = nn.ModuleDict(reward_heads)
         self.has_reference = has_reference
 
     @classmethod
     def build(cls, base, lora_config, sft_adapter: Path | None, reward_adapters: dict[str, Path]) -> SharedModel:
-        from peft import PeftModel, get_peft_model
-
+        """Everything PPO trains and consults."""
+        peft_model = _policy(base, lora_config, sft_adapter)
         if sft_adapter is not None:
-            peft_model = PeftModel.from_pretrained(base, str(sft_adapter), adapter_name=POLICY, is_trainable=True)
             _load_lora_onto(peft_model, sft_adapter, REFERENCE, trainable=False)
-        else:
-            peft_model = get_peft_model(base, lora_config, adapter_name=POLICY)
-        heads = {
-            role: _load_lora_onto(peft_model, path, reward_adapter_name(role), trainable=False)
-            for role, path in reward_adapters.items()
-        }
+        reward_heads = _reward_heads(peft_model, reward_adapters)
         # The value network starts as the (first) reward model, as in InstructGPT.
         first_role, first_path = next(iter(reward_adapters.items()))
-        _load_lora_onto(peft_model, first_path, VALUE, trainable=True)
-        hidden, device = base.config.hidden_size, base.device
-        reward_heads = {role: _linear(weight, hidden, device, trainable=False) for role, weight in heads.items()}
-        value_head = _linear(heads[first_role], hidden, device, trainable=True)
+        score = _load_lora_onto(peft_model, first_path, VALUE, trainable=True)
+        value_head = _linear(score, base.config.hidden_size, base.device, trainable=True)
         model = cls(peft_model, value_head, reward_heads, has_reference=sft_adapter is not None)
+        model.freeze_all_but_policy_and_value()
+        return model
+
+    @classmethod
+    def for_sampling(cls, base, lora_config, policy_adapter: Path | None, reward_adapters: dict[str, Path]):
+        """Only the policy (frozen) and the reward runs: what rejection sampling needs to sample and score."""
+        peft_model = _policy(base, lora_config, policy_adapter)
+        model = cls(peft_model, None, _reward_heads(peft_model, reward_adapters), has_reference=False)
         model.freeze_all_but_policy_and_value()
         return model
 
     # ------------------------------------------------------------ adapters
 
-    def trainable_names(self) -> list[str]:
-        return [n for n, p in self.named_parameters() if _is_trainable_name(n)]
-
     def freeze_all_but_policy_and_value(self) -> None:
+        """Only the policy and value networks train, and only in PPO (a sampling-only model trains nothing)."""
+        trains = self.value_head is not None
         for name, param in self.named_parameters():
-            param.requires_grad = _is_trainable_name(name)
+            param.requires_grad = trains and _is_trainable_name(name)
 
     @contextlib.contextmanager
     def adapter(self, name: str | None):
@@ -132,11 +131,29 @@ class SharedModel(nn.Module):
             return self.peft.generate(**kwargs)
 
 
+def _policy(base, lora_config, adapter: Path | None):
+    """A PEFT model whose `policy` adapter starts as `adapter` (a fresh LoRA when there is none)."""
+    from peft import PeftModel, get_peft_model
+
+    if adapter is None:
+        return get_peft_model(base, lora_config, adapter_name=POLICY)
+    return PeftModel.from_pretrained(base, str(adapter), adapter_name=POLICY, is_trainable=True)
+
+
+def _reward_heads(peft_model, reward_adapters: dict[str, Path]) -> dict[str, nn.Linear]:
+    """Load each reward run's LoRA as a frozen adapter; return its score head as a linear layer."""
+    hidden, device = peft_model.config.hidden_size, peft_model.device
+    return {
+        role: _linear(_load_lora_onto(peft_model, path, reward_adapter_name(role), trainable=False), hidden, device)
+        for role, path in reward_adapters.items()
+    }
+
+
 def _is_trainable_name(name: str) -> bool:
     return f".{POLICY}." in name or f".{VALUE}." in name or name.startswith("value_head.")
 
 
-def _linear(weight: torch.Tensor, hidden: int, device, trainable: bool) -> nn.Linear:
+def _linear(weight: torch.Tensor, hidden: int, device, trainable: bool = False) -> nn.Linear:
     layer = nn.Linear(hidden, 1, bias=False, device=device)
     with torch.no_grad():
         layer.weight.copy_(weight.reshape(1, hidden).float())

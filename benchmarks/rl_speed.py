@@ -1,0 +1,91 @@
+"""PPO and rejection-sampling speed on smollm2-135m with the shipped recipes (recipes/smollm2-135m/{ppo,rs}.yaml),
+on this machine: seconds per PPO step split into generation / scoring / optimisation, seconds per rejection-sampling
+round split into sampling+scoring / fine-tuning, and each command's peak resident memory.
+
+The SFT and reward runs they start from are the shipped recipes cut to a few steps (their quality does not change
+the cost of a step). Each command runs as its own process, as a user runs it. Writes benchmarks/results/rl_speed.json.
+
+    python benchmarks/rl_speed.py [--ppo-steps 4] [--rs-prompts 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results" / "rl_speed.json"
+
+
+def posttrain(*args: str) -> dict:
+    """Run one posttrain command; its wall time and peak RSS (this child only)."""
+    started = time.perf_counter()
+    child = subprocess.Popen([sys.executable, "-m", "posttrain", *args], stdout=subprocess.PIPE, text=True)
+    output = child.stdout.read()
+    _, status, usage = os.wait4(child.pid, 0)
+    if status != 0:
+        sys.exit(f"posttrain {' '.join(args)} failed:\n{output}")
+    return {"wall_s": round(time.perf_counter() - started, 1), "peak_rss_gb": round(usage.ru_maxrss / 1e6, 2)}
+
+
+def mean(values: list[float]) -> float:
+    return round(sum(values) / len(values), 2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ppo-steps", type=int, default=4, help="PPO steps to time (the first is warm-up)")
+    parser.add_argument("--rs-prompts", type=int, default=16, help="prompts sampled in the one timed rs round")
+    args = parser.parse_args()
+    from posttrain.data.sources import read_rows
+
+    work = Path(tempfile.mkdtemp(prefix="rl-speed-"))
+    sft, reward = work / "sft", work / "reward"
+    posttrain("sft", "smollm2-135m/sft", "--set", "train.max_steps=4", "--output-dir", str(sft))
+    posttrain("reward", "smollm2-135m/reward", "--set", "train.max_steps=4", "--output-dir", str(reward))
+    chain = ["--set", f"model.name={sft}"]
+
+    ppo = posttrain(
+        "ppo", "smollm2-135m/ppo", *chain, "--set", f"ppo.reward={reward}",
+        "--set", f"ppo.steps={args.ppo_steps}", "--output-dir", str(work / "ppo"),
+    )  # fmt: skip
+    steps = json.loads((work / "ppo" / "metrics.json").read_text())["steps"][1:]
+    ppo |= {
+        key: mean([s[key] for s in steps]) for key in ("generation_s", "scoring_s", "optimisation_s", "response_length")
+    }
+    ppo["s_per_step"] = round(ppo["generation_s"] + ppo["scoring_s"] + ppo["optimisation_s"], 2)
+    ppo["timed_steps"] = len(steps)
+
+    prompts = work / "prompts.jsonl"
+    rows = read_rows("builtin:pirate_sft")[: args.rs_prompts]
+    prompts.write_text("".join(json.dumps(row.data) + "\n" for row in rows), encoding="utf-8")
+    rs = posttrain(
+        "rs", "smollm2-135m/rs", *chain, "--set", f"rs.reward={reward}", "--set", "rs.iterations=1",
+        "--set", f"data.train={prompts}", "--output-dir", str(work / "rs"),
+    )  # fmt: skip
+    round_one = json.loads((work / "rs" / "metrics.json").read_text())["rounds"][0]
+    rs |= {"prompts": len(rows), "sampling_s": round_one["sampling_s"], "fine_tuning_s": round_one["fine_tuning_s"]}
+    rs["sampling_s_per_prompt"] = round(rs["sampling_s"] / len(rows), 2)
+
+    import torch
+
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    result = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {gpu}",
+        "model": "smollm2-135m, nf4, recipes/smollm2-135m/{ppo,rs}.yaml",
+        "ppo": ppo,
+        "rs": rs,
+    }
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

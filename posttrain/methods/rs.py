@@ -1,0 +1,165 @@
+"""`posttrain rs`: Llama 2's rejection-sampling fine-tuning.
+
+Each round samples rs.samples_per_prompt (K) responses to every prompt with the current policy, scores them with
+the reward run(s) (Llama 2's rule for two), keeps the best per prompt and fine-tunes the policy on those answers
+with SFT (`train:` holds any SFTConfig field). The next round samples from the fine-tuned policy.
+
+Run folder: selected/round-N.jsonl (each prompt's kept answer and every candidate with its score), checkpoints/
+round-N/ (round N's adapter and SFT checkpoints, for --resume), adapter/ (the last round's), metrics.json.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from posttrain.data.prepare import PreparedData
+from posttrain.methods import ppo, sft
+from posttrain.methods.common import Stage, start_run, train_and_finish
+from posttrain.recipe import Recipe
+from posttrain.runs import RunFolder
+
+# Round folders are this method's checkpoints: --resume continues the latest one.
+ROUND_PATTERN = "round-*"
+
+
+def select_best(prompts: list[dict], candidates: list[list[dict]], missing_eos_penalty: float) -> list[dict]:
+    """Per prompt, the candidate with the highest score (less the penalty if it never ended), and all of them."""
+    selected = []
+    for prompt, group in zip(prompts, candidates, strict=True):
+        best = max(group, key=lambda c: c["score"] - missing_eos_penalty * (not c["finished"]))
+        selected.append(
+            {"prompt": prompt["prompt"], "response": best["response"], "score": best["score"], "candidates": group}
+        )
+    return selected
+
+
+def sample_and_select(stage: Stage, prompts: list[dict], rewards: dict[str, Path], adapter: Path | None, number: int):
+    """Round `number`'s best-of-K answers from the policy in `adapter`."""
+    import torch
+
+    from posttrain.rl.sampling import reward_scores, sample
+    from posttrain.rl.shared_model import SharedModel
+
+    s = stage.recipe.rs
+    base, lora = ppo.load_base(stage)
+    shared = SharedModel.for_sampling(base, lora, adapter, rewards)
+    shared.eval()
+    roles, k, candidates = list(rewards), s.samples_per_prompt, []
+    for start in range(0, len(prompts), s.batch_size):
+        torch.manual_seed(s.seed * 100_003 + number * 1_009 + start)  # the same draw when a round is redone
+        samples = sample(shared, stage.tokenizer, prompts[start : start + s.batch_size], s, base.device, k)
+        scores = reward_scores(shared, samples, roles, s.safety_threshold).tolist()
+        finished = samples.has_eos.tolist()
+        for i in range(0, len(scores), k):
+            candidates.append(
+                [
+                    {"response": samples.responses[j], "score": round(scores[j], 4), "finished": finished[j]}
+                    for j in range(i, i + k)
+                ]
+            )
+    del shared, base
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return select_best(prompts, candidates, s.missing_eos_penalty)
+
+
+def fine_tune(stage: Stage, selected: list[dict], adapter: Path | None, folder: Path, scores: dict) -> dict:
+    """SFT of the policy in `adapter` on the kept answers; the new adapter lands in folder/adapter."""
+    rows = [{"messages": row["prompt"] + [{"role": "assistant", "content": row["response"]}]} for row in selected]
+    round_stage = replace(stage, adapter=adapter, run=RunFolder(folder))
+    data = PreparedData("best-of-k", rows)
+    trainer = sft.build_trainer(round_stage, data)
+    resume = round_stage.run.latest_checkpoint() is not None
+    metrics = train_and_finish(round_stage, trainer, resume=resume, extra_metrics=lambda: scores)
+    shutil.rmtree(round_stage.run.checkpoints, ignore_errors=True)  # the adapter is what later rounds need
+    return metrics
+
+
+def round_scores(selected: list[dict], number: int) -> dict:
+    every = [c["score"] for row in selected for c in row["candidates"]]
+    return {
+        "round": number,
+        "mean_score": sum(every) / len(every),  # the policy's own level before this round's fine-tuning
+        "best_score": sum(row["score"] for row in selected) / len(selected),  # what it is fine-tuned on
+    }
+
+
+def run(
+    recipe: Recipe,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    dry_run: bool = False,
+    echo: Callable[[str], None] = print,
+) -> dict | None:
+    from accelerate import PartialState
+
+    s = recipe.rs
+    stage, prompts, rewards = ppo.prepare(recipe, prompt_room=s.max_new_tokens)
+    recipe.train = sft.TRAIN_DEFAULTS | {"assistant_only_loss": True} | recipe.train
+    stage.run = RunFolder(stage.run.path, checkpoint_pattern=ROUND_PATTERN)
+    stage.run.check_writable(resume=resume, overwrite=overwrite)
+    for line in ppo.plan_lines(stage, prompts, rewards) + [
+        f"rs          {s.iterations} rounds: {s.samples_per_prompt} samples per prompt (max_new_tokens "
+        f"{s.max_new_tokens}, temperature {s.temperature}), the best kept, SFT on them",
+    ]:
+        echo(line)
+    if dry_run:
+        echo("dry run: recipe, runs and prompts are valid; no weights were loaded and nothing was written.")
+        return None
+    start_run(stage, resume=resume, overwrite=overwrite)
+    state, run_folder = PartialState(), stage.run
+    adapter, history = stage.adapter, []
+    for number in range(1, s.iterations + 1):
+        folder = run_folder.checkpoints / f"round-{number}"
+        if (folder / "adapter").is_dir():  # finished before an interruption
+            adapter = folder / "adapter"
+            history.append(json.loads((folder / "metrics.json").read_text(encoding="utf-8")))
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        selected_file = run_folder.path / "selected" / f"round-{number}.jsonl"
+        started = time.perf_counter()
+        if state.is_main_process and not selected_file.is_file():
+            write_jsonl(selected_file, sample_and_select(stage, prompts, rewards, adapter, number))
+        state.wait_for_everyone()
+        selected = [json.loads(line) for line in selected_file.read_text(encoding="utf-8").splitlines()]
+        scores = round_scores(selected, number) | {"sampling_s": round(time.perf_counter() - started, 1)}
+        started = time.perf_counter()
+        metrics = fine_tune(stage, selected, adapter, folder, scores)
+        metrics["fine_tuning_s"] = round(time.perf_counter() - started, 1)
+        adapter = folder / "adapter"
+        history.append(metrics)
+        echo(
+            f"round {number}/{s.iterations}: mean score {scores['mean_score']:.3f}, best of "
+            f"{s.samples_per_prompt} {scores['best_score']:.3f}, SFT loss {metrics['train']['train_loss']:.4f}"
+        )
+    metrics = {
+        "rounds": [
+            {k: m.get(k) for k in ("round", "mean_score", "best_score", "sampling_s", "fine_tuning_s")}
+            | {"train_loss": m["train"]["train_loss"]}
+            for m in history
+        ]
+    }
+    if state.is_main_process:
+        staging = run_folder.path / "adapter.partial"
+        shutil.copytree(adapter, staging, dirs_exist_ok=True)
+        shutil.rmtree(run_folder.adapter, ignore_errors=True)
+        staging.rename(run_folder.adapter)
+        stage.tokenizer.save_pretrained(run_folder.path)
+        run_folder.write_metrics(metrics | {"final": metrics["rounds"][-1]})
+    return metrics
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    """Write all rows, then move into place: a file that exists is complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(path.name + ".partial")
+    staging.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    staging.rename(path)
