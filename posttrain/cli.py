@@ -5,13 +5,13 @@ Exit status: 0 success; 2 a user error (bad recipe, data, path, hardware request
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from posttrain.errors import UserError
+from posttrain.cli_support import quiet_libraries, reports_user_errors
+from posttrain.cli_use import use_app
 
 app = typer.Typer(
     help="Post-train Llama-2-family models on one small GPU: SFT, reward, PPO, rejection sampling, DPO, ORPO.",
@@ -20,6 +20,7 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Look at a data file before training on it.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+app.add_typer(use_app)  # chat, generate, merge, eval, serve: commands of their own module, at the top level
 
 Overrides = Annotated[
     list[str] | None,
@@ -29,34 +30,6 @@ OutputDir = Annotated[Path | None, typer.Option(help="Run folder to write (overr
 Resume = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last checkpoint.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace a run already in output_dir.")]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Check recipe and data, print the plan, load no weights.")]
-
-
-def reports_user_errors(command):
-    """Print a UserError in plain words and exit 2, without a traceback."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except UserError as err:
-            typer.echo(f"error: {err}", err=True)
-            raise typer.Exit(code=2) from None
-
-    return wrapper
-
-
-def quiet_libraries() -> None:
-    """Keep the libraries' own chatter (progress bars of data mapping, advisory warnings) off the terminal."""
-    import warnings
-
-    import datasets
-    import transformers
-
-    datasets.disable_progress_bars()
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    # TRL 1.16 still sets transformers' deprecated `gradient_checkpointing` default; the rename is not ours to act on.
-    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def load_method_recipe(recipe: str, method: str, overrides: list[str] | None, output_dir: Path | None):
@@ -214,201 +187,3 @@ def data_inspect(
     report = LengthReport(lengths, max_length, "drop", sum(n > max_length for n in lengths))
     for line in report.lines():
         typer.echo(line.replace("dropped", "would be dropped by data.on_too_long: drop"))
-
-
-# ---------------------------------------------------------------- using what was trained
-
-ModelArg = Annotated[str, typer.Argument(help="Hub id, local or merged folder, alias, or run folder.")]
-ChatTemplate = Annotated[
-    str, typer.Option(help="auto (the model's own, else llama2) | llama2 | chatml | path.jinja; a run keeps its own.")
-]
-MaxNewTokens = Annotated[int, typer.Option(help="Most tokens per reply.")]
-DoSample = Annotated[bool, typer.Option("--do-sample/--greedy", help="Sample, or always take the likeliest token.")]
-Temperature = Annotated[float, typer.Option(help="Sampling temperature (with --do-sample).")]
-TopK = Annotated[int, typer.Option(help="Sample from the k likeliest tokens; 0: no limit (with --do-sample).")]
-TopP = Annotated[float, typer.Option(help="Sample from the likeliest tokens holding this mass (with --do-sample).")]
-RepetitionPenalty = Annotated[float, typer.Option(help="Above 1.0 discourages repeating tokens; 1.0: none.")]
-BatchSize = Annotated[int, typer.Option(help="Prompts generated together.")]
-Seed = Annotated[int, typer.Option(help="Seed for sampling.")]
-ReportPath = Annotated[
-    Path | None, typer.Option("--output", help="Report file (default: a new evals/MODE-DATE-TIME.json).")
-]
-
-
-def generation_settings(max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty):
-    from posttrain.generation import GenerationSettings
-
-    return GenerationSettings(max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty)
-
-
-@app.command()
-@reports_user_errors
-def chat(
-    model: ModelArg,
-    system: Annotated[str | None, typer.Option(help="System prompt (change it in the chat with /system TEXT).")] = None,
-    chat_template: ChatTemplate = "auto",
-    max_new_tokens: MaxNewTokens = 512,
-    do_sample: DoSample = True,
-    temperature: Temperature = 0.7,
-    top_k: TopK = 50,
-    top_p: TopP = 0.9,
-    repetition_penalty: RepetitionPenalty = 1.0,
-):
-    """Chat in the terminal: streamed replies, the history kept in the model's chat template.
-
-    In the chat: /reset clears the history, /system TEXT sets the system prompt, /exit leaves; Ctrl-C stops a reply.
-    """
-    from posttrain.chat import run_chat
-
-    settings = generation_settings(max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty)
-    quiet_libraries()
-    run_chat(model, system, settings, chat_template, read=input, write=functools.partial(typer.echo, nl=False))
-
-
-@app.command()
-@reports_user_errors
-def generate(
-    model: ModelArg,
-    prompts: Annotated[str, typer.Option(help="Prompt file in any data format (prompt part taken), or builtin:NAME.")],
-    output: Annotated[Path, typer.Option(help="JSONL to write; rows already there are skipped (resume).")],
-    chat_template: ChatTemplate = "auto",
-    batch_size: BatchSize = 8,
-    max_new_tokens: MaxNewTokens = 256,
-    do_sample: DoSample = False,
-    temperature: Temperature = 0.7,
-    top_k: TopK = 50,
-    top_p: TopP = 1.0,
-    repetition_penalty: RepetitionPenalty = 1.0,
-    seed: Seed = 0,
-):
-    """Answer every prompt of a file (batched, left padding) into JSONL rows: prompt, response, model, settings."""
-    from posttrain.generate import generate_file
-
-    settings = generation_settings(max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty)
-    quiet_libraries()
-    options = {"batch_size": batch_size, "seed": seed, "chat_template": chat_template, "echo": typer.echo}
-    written = generate_file(model, prompts, output, settings, **options)
-    typer.echo(f"done: {written} new rows in {output}")
-
-
-@app.command()
-@reports_user_errors
-def merge(
-    run: Annotated[str, typer.Argument(help="Run folder whose adapter to merge (any run but a reward run).")],
-    output: Annotated[Path, typer.Option(help="New (or empty) folder for the merged model.")],
-    dtype: Annotated[str, typer.Option(help="auto (the base's own: fp16 for Llama 2) | fp16 | bf16 | fp32.")] = "auto",
-):
-    """Merge a run's adapter into 16-bit base weights: a plain transformers folder, checked against the adapter."""
-    from posttrain.merge import merge_run
-
-    quiet_libraries()
-    merge_run(run, output, dtype, echo=typer.echo)
-
-
-eval_app = typer.Typer(help="Evaluate: reward accuracy, win-rate, perplexity. One JSON report per call.")
-app.add_typer(eval_app, name="eval", no_args_is_help=True)
-
-
-def finish_report(path: Path, report: dict, rows: list[tuple[str, str]]) -> None:
-    from posttrain.evaluation.report import table, write_report
-
-    write_report(path, report)
-    for line in table(rows):
-        typer.echo(line)
-    typer.echo(f"report: {path}")
-
-
-@eval_app.command("accuracy")
-@reports_user_errors
-def eval_accuracy(
-    reward_run: Annotated[str, typer.Argument(help="Run folder of `posttrain reward`.")],
-    data: Annotated[str, typer.Option(help="Preference file in any preference format, or builtin:NAME.")],
-    data_format: Annotated[str, typer.Option("--format", help="auto, or a preference format name.")] = "auto",
-    batch_size: BatchSize = 8,
-    output: ReportPath = None,
-):
-    """Share of pairs whose chosen reply the reward run scores above the rejected one (per strength label too)."""
-    from posttrain.evaluation.accuracy import accuracy_rows, reward_accuracy
-    from posttrain.evaluation.report import report_path
-
-    path = report_path("accuracy", output)
-    quiet_libraries()
-    report = reward_accuracy(reward_run, data, data_format, batch_size)
-    finish_report(path, report, accuracy_rows(report))
-
-
-@eval_app.command("winrate")
-@reports_user_errors
-def eval_winrate(
-    model_a: ModelArg,
-    model_b: ModelArg,
-    prompts: Annotated[str, typer.Option(help="Prompt file in any data format (prompt part taken), or builtin:NAME.")],
-    judge: Annotated[str, typer.Option(help="Reward run that scores both replies (same tokenizer as A and B).")],
-    chat_template: ChatTemplate = "auto",
-    batch_size: BatchSize = 8,
-    max_new_tokens: MaxNewTokens = 256,
-    do_sample: DoSample = False,
-    temperature: Temperature = 0.7,
-    top_k: TopK = 50,
-    top_p: TopP = 1.0,
-    repetition_penalty: RepetitionPenalty = 1.0,
-    seed: Annotated[int, typer.Option(help="Seed of A's sampling (B uses seed + 1) and of the bootstrap.")] = 0,
-    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% interval.")] = 1000,
-    tie_margin: Annotated[float, typer.Option(help="Score difference up to which a pair is a tie.")] = 0.0,
-    output: ReportPath = None,
-):
-    """Win-rate of model A over model B on a prompt file, judged by a reward run (ties half), with a bootstrap CI."""
-    from posttrain.evaluation.report import report_path
-    from posttrain.evaluation.winrate import win_rate, winrate_rows
-
-    path = report_path("winrate", output)
-    settings = generation_settings(max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty)
-    quiet_libraries()
-    options = {"seed": seed, "resamples": bootstrap, "tie_margin": tie_margin, "batch_size": batch_size}
-    options |= {"chat_template": chat_template, "echo": typer.echo}
-    report = win_rate(model_a, model_b, prompts, judge, settings, **options)
-    finish_report(path, report, winrate_rows(report))
-
-
-@eval_app.command("perplexity")
-@reports_user_errors
-def eval_perplexity(
-    model: ModelArg,
-    data: Annotated[str, typer.Option(help="Text file (one text), or a data file or builtin:NAME (one text per row).")],
-    window: Annotated[int, typer.Option(help="Tokens per forward pass (capped at the model's context).")] = 1024,
-    stride: Annotated[int | None, typer.Option(help="Tokens between windows (default: half the window).")] = None,
-    chat_template: ChatTemplate = "auto",
-    output: ReportPath = None,
-):
-    """Perplexity of a model on a text: exp(mean negative log-likelihood per token), sliding windows."""
-    from posttrain.evaluation.perplexity import perplexity, perplexity_rows
-    from posttrain.evaluation.report import report_path
-
-    path = report_path("perplexity", output)
-    quiet_libraries()
-    report = perplexity(model, data, window, stride, chat_template)
-    finish_report(path, report, perplexity_rows(report))
-
-
-@app.command()
-@reports_user_errors
-def serve(
-    model: ModelArg,
-    host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 opens the page to your network.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port of the page.")] = 7860,
-    system: Annotated[str, typer.Option(help="Starting system prompt (editable on the page).")] = "",
-    chat_template: ChatTemplate = "auto",
-    max_new_tokens: MaxNewTokens = 512,
-    temperature: Annotated[float, typer.Option(help="Starting temperature; 0: greedy.")] = 0.7,
-    top_p: TopP = 0.9,
-):
-    r"""A local web chat page: streamed replies, history, system prompt, sampling controls, clear button.
-
-    Needs gradio, the `serve` extra of posttrain (pip install -e ".\[serve]" in a checkout).
-    """
-    from posttrain.serve import serve as serve_page
-
-    sampled = temperature > 0
-    settings = generation_settings(max_new_tokens, sampled, temperature if sampled else 0.7, 50, top_p, 1.0)
-    quiet_libraries()
-    serve_page(model, host, port, system, settings, chat_template)
