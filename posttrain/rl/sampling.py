@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from posttrain.generation import encode_chats
 from posttrain.rl.ppo_math import combine_llama2_rewards
 
 
@@ -46,12 +47,7 @@ def response_mask_of(responses: torch.Tensor, eos_id: int) -> tuple[torch.Tensor
 def sample(shared, tokenizer, rows: list[dict], settings, device, per_prompt: int = 1) -> Samples:
     """Sample `per_prompt` responses to each prompt with the policy, using the recipe's generation settings.
     The caller seeds torch's generator (so a resumed run draws the same samples)."""
-    texts = [tokenizer.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in rows]
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    try:
-        query = tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt").to(device)
-    finally:
-        tokenizer.padding_side = side
+    query = encode_chats(tokenizer, [row["prompt"] for row in rows]).to(device)
     output = shared.generate(
         **query,
         do_sample=True,
