@@ -5,6 +5,7 @@ Exit status: 0 success; 2 a user error (bad recipe, data, path, hardware request
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -30,6 +31,24 @@ OutputDir = Annotated[Path | None, typer.Option(help="Run folder to write (overr
 Resume = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last checkpoint.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace a run already in output_dir.")]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Check recipe and data, print the plan, load no weights.")]
+NumProcesses = Annotated[
+    int | None,
+    typer.Option(
+        help="Train in N processes, one per GPU, through accelerate launch (default 1; with --accelerate-config, "
+        "every GPU or what your config file says). With no GPU: N CPU processes.",
+        metavar="N",
+        show_default=False,
+    ),
+]
+AccelerateConfig = Annotated[
+    str | None,
+    typer.Option(
+        help="Launch through accelerate with a preset (ddp, zero2, zero3, fsdp) or your own accelerate config file "
+        "(several machines).",
+        metavar="PRESET|FILE",
+        show_default=False,
+    ),
+]
 
 
 def load_method_recipe(recipe: str, method: str, overrides: list[str] | None, output_dir: Path | None):
@@ -48,21 +67,57 @@ TRAINING_COMMANDS = {
     "rs": "Rejection-sampling fine-tuning (Llama 2): sample K answers, keep the reward run's best, SFT on them.",
 }
 RecipeArg = Annotated[str, typer.Argument(help="YAML path or shipped recipe name (see `posttrain recipes`).")]
+GPU_NAMES = ("t4", "l4", "a10g", "a100-40gb", "a100-80gb", "h100")  # posttrain.plan.GPUS, without importing it
 
 
-def train(method: str, recipe: str, overrides, output_dir, resume: bool, overwrite: bool, dry_run: bool) -> None:
+def train(
+    method: str,
+    recipe: str,
+    overrides,
+    output_dir,
+    resume: bool,
+    overwrite: bool,
+    dry_run: bool,
+    num_processes: int | None = None,
+    accelerate_config: str | None = None,
+) -> None:
     import importlib
 
+    from posttrain.launch import is_main_process, plan_launch, relaunch
     from posttrain.methods.common import run_method
+    from posttrain.plan import warn_if_too_big
 
+    launch = plan_launch(num_processes, accelerate_config)
     loaded = load_method_recipe(recipe, method, overrides, output_dir)
     quiet_libraries()
+    if is_main_process():
+        warn_if_too_big(loaded, typer.echo)  # on a GPU: the plan's estimate, before anything loads
     module = importlib.import_module(f"posttrain.methods.{method}")
-    options = {"resume": resume, "overwrite": overwrite, "dry_run": dry_run, "echo": typer.echo}
+    # Before a launch, this process checks recipe, model, data and run folder (a dry run, quiet unless asked for),
+    # so that mistakes exit 2 here instead of failing in every launched process.
+    talks = is_main_process() and (launch is None or dry_run)
+    echo = typer.echo if talks else lambda _: None
+    options = {"resume": resume, "overwrite": overwrite, "dry_run": dry_run or launch is not None, "echo": echo}
     # ppo is posttrain's own trainer; the TRL-backed methods share run_method
     metrics = module.run(loaded, **options) if hasattr(module, "run") else run_method(module, loaded, **options)
-    if metrics is not None:
+    if launch is not None:
+        args = training_args(method, recipe, overrides, output_dir, resume, overwrite)
+        typer.echo(f"{'would launch' if dry_run else 'launching'}: {shlex.join(launch.command(args))}")
+        if not dry_run:
+            relaunch(launch, args)
+        return
+    if metrics is not None and is_main_process():
         typer.echo(f"done: run folder {loaded.output_dir} ({outcome(metrics)})")
+
+
+def training_args(method: str, recipe: str, overrides, output_dir, resume: bool, overwrite: bool) -> list[str]:
+    """The command line of a training command, without the launch options: what each launched process runs."""
+    args = [method, recipe]
+    for override in overrides or []:
+        args += ["--set", override]
+    if output_dir:
+        args += ["--output-dir", str(output_dir)]
+    return args + ["--resume"] * resume + ["--overwrite"] * overwrite
 
 
 def outcome(metrics: dict) -> str:
@@ -96,8 +151,10 @@ def add_training_command(method: str, help_text: str) -> None:
         resume: Resume = False,
         overwrite: Overwrite = False,
         dry_run: DryRun = False,
+        num_processes: NumProcesses = None,
+        accelerate_config: AccelerateConfig = None,
     ):
-        train(method, recipe, overrides, output_dir, resume, overwrite, dry_run)
+        train(method, recipe, overrides, output_dir, resume, overwrite, dry_run, num_processes, accelerate_config)
 
 
 for _method, _help_text in TRAINING_COMMANDS.items():
@@ -139,6 +196,39 @@ def recipes(
             for key, default, text in field_help(cls):
                 typer.echo(f"  {key:<19} {default!s:<12} {text}")
         typer.echo("\ntrain:\n  any field of the method's TRL config (SFTConfig, DPOConfig, ...)")
+
+
+@app.command()
+@reports_user_errors
+def plan(
+    recipe: RecipeArg,
+    overrides: Overrides = None,
+    gpu: Annotated[str, typer.Option(help="GPU to plan for: " + ", ".join(GPU_NAMES) + ".")] = "t4",
+    memory_gb: Annotated[
+        float | None, typer.Option("--memory-gb", help="Plan for a GPU with this much memory (GiB) instead.")
+    ] = None,
+):
+    """Predicted peak GPU memory of a recipe, term by term, whether it fits, and what to change to fit.
+
+    Reads only the model's config (shipped for the Llama 2 7B and 13B sizes, so it works offline).
+    """
+    from posttrain.errors import UserError
+    from posttrain.plan import GPUS, plan_lines
+    from posttrain.precision import Hardware
+    from posttrain.recipe import load_recipe
+
+    loaded = load_recipe(recipe, overrides or [])
+    if memory_gb is not None:
+        if memory_gb <= 0:
+            raise UserError(f"--memory-gb must be above 0, got {memory_gb:g}.")
+        name, total, hardware = f"a {memory_gb:g} GiB GPU", memory_gb, Hardware("cuda", "GPU", (8, 0))
+    elif gpu in GPUS:
+        name, total, hardware = GPUS[gpu].name, GPUS[gpu].memory_gib, GPUS[gpu].hardware
+    else:
+        raise UserError(f"--gpu {gpu}: unknown GPU; choose one of {', '.join(GPUS)}, or give --memory-gb N.")
+    lines, _ = plan_lines(loaded, name, total, hardware)
+    for line in lines:
+        typer.echo(line)
 
 
 @app.command()

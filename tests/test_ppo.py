@@ -102,18 +102,7 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, runs):
 
 def test_two_processes_under_accelerate(tmp_path, runs):
     path = ppo_recipe(tmp_path, runs, steps=2, batch_size=2, mini_batch_size=2)
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--num_processes",
-        "2",
-        "--cpu",
-        "-m",
-        "posttrain",
-        "ppo",
-        str(path),
-    ]
+    command = [sys.executable, "-m", "posttrain", "ppo", str(path), "--num-processes", "2"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "ppo" / "adapter" / "adapter_model.safetensors").is_file()
@@ -152,6 +141,33 @@ def test_prompts_longer_than_max_length(tmp_path, runs):
     recipe = yaml.safe_load(path.read_text())
     recipe["data"]["max_length"] = 16
     assert_refused(tmp_path, write(path, recipe), "prompts are longer than data.max_length - ppo.max_new_tokens = 8")
+
+
+@pytest.mark.parametrize("on_too_long", ["drop", "error"])
+def test_prompts_too_long_for_a_response_are_dropped_or_refused(tmp_path, runs, on_too_long):
+    path = ppo_recipe(tmp_path, runs)
+    recipe = yaml.safe_load(path.read_text())
+    lengths = sorted(prompt_lengths(runs, recipe))
+    recipe["data"]["max_length"] = lengths[len(lengths) // 2] + recipe["ppo"]["max_new_tokens"]
+    recipe["data"]["on_too_long"] = on_too_long
+    result = CliRunner().invoke(app, ["ppo", str(write(path, recipe)), "--dry-run"])
+    longer = sum(n > lengths[len(lengths) // 2] for n in lengths)
+    if on_too_long == "drop":
+        assert result.exit_code == 0, result.output
+        assert f"{longer} of {len(lengths)} prompts are longer" in result.output and "dropped" in result.output
+        assert f"prompts     {len(lengths) - longer} from" in result.output
+    else:
+        assert result.exit_code == 2 and "set data.on_too_long: drop" in result.output
+
+
+def prompt_lengths(runs, recipe) -> list[int]:
+    from posttrain.data.prepare import chat_length
+    from posttrain.data.prompts import read_prompts
+    from posttrain.models.loading import load_tokenizer, resolve_model
+
+    tokenizer = load_tokenizer(resolve_model(str(runs / "sft")), "model")
+    prompts, _ = read_prompts(recipe["data"]["train"], tokenizer, max_length=10**6)
+    return [chat_length(tokenizer, p["prompt"], add_generation_prompt=True) for p in prompts]
 
 
 def test_safety_tagged_prompts_need_a_safety_reward_run(tmp_path, runs):

@@ -36,10 +36,26 @@ def load_prompts(
 
     `limit` and `fix` word the too-long error for the caller's setting (default: data.max_length).
     """
+    prompts, too_long = read_prompts(source, tokenizer, max_length)
+    if too_long:
+        raise UserError(too_long_message(list(too_long.values()), len(prompts), max_length, limit) + f" {fix}")
+    return prompts
+
+
+def too_long_message(too_long: list[str], total: int, max_length: int, limit: str | None = None) -> str:
+    return (
+        f"{len(too_long)} of {total} prompts are longer than {limit or f'data.max_length={max_length}'} "
+        f"tokens (first at {too_long[0]})."
+    )
+
+
+def read_prompts(source: str, tokenizer, max_length: int) -> tuple[list[dict], dict[int, str]]:
+    """(every usable prompt, {index: file and row} of those longer than max_length); an unusable row is a
+    UserError."""
     from jinja2 import TemplateError
 
     rows = read_rows(source)
-    prompts, problems, too_long = [], [], []
+    prompts, problems, too_long = [], [], {}
     for row in rows:
         try:
             prompt = prompt_of(row)
@@ -49,17 +65,12 @@ def load_prompts(
         except TemplateError as err:
             problems.append(f"{row.where}: the chat template rejects this prompt ({err})")
         else:
-            prompts.append({"prompt": prompt, "safety": is_safety(row.data)})
             if length > max_length:
-                too_long.append(row.where)
+                too_long[len(prompts)] = row.where
+            prompts.append({"prompt": prompt, "safety": is_safety(row.data)})
     if problems:
         raise UserError(problem_report(source, len(rows), problems, usable=len(prompts)))
-    if too_long:
-        raise UserError(
-            f"{len(too_long)} of {len(rows)} prompts are longer than {limit or f'data.max_length={max_length}'} "
-            f"tokens (first at {too_long[0]}). {fix}"
-        )
-    return prompts
+    return prompts, too_long
 
 
 def problem_report(source: str, total: int, problems: list[str], usable: int) -> str:

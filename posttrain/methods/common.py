@@ -158,10 +158,24 @@ def datasets_of(data: PreparedData) -> dict:
     }
 
 
+def processes(stage: Stage):
+    """accelerate's view of the processes training this run: one, or those `accelerate launch` started."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=stage.hardware.device == "cpu")
+
+
 def start_run(stage: Stage, *, resume: bool, overwrite: bool) -> None:
+    """Claim the run folder. Under several processes every one checks it before the main process changes it (else
+    a late check would find the main process's new recipe.yaml and refuse); only the main process writes."""
     stage.run.check_writable(resume=resume, overwrite=overwrite)
-    stage.run.start(resume=resume, overwrite=overwrite)
-    save_recipe(stage.recipe, stage.run.recipe_file, {"base_model": stage.model.name, "versions": library_versions()})
+    state = processes(stage)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        stage.run.start(resume=resume, overwrite=overwrite)
+        recorded = {"base_model": stage.model.name, "versions": library_versions()}
+        save_recipe(stage.recipe, stage.run.recipe_file, recorded)
+    state.wait_for_everyone()
 
 
 def tensorboard_callbacks(config, logs_dir: Path) -> list:

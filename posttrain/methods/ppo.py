@@ -10,7 +10,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from posttrain.data.prompts import load_prompts
+from posttrain.data.prompts import read_prompts, too_long_message
 from posttrain.errors import UserError
 from posttrain.methods.common import Stage, prepare_stage, start_run
 from posttrain.models.loading import load_base_model, method_of_run, resolve_model
@@ -42,7 +42,7 @@ def check_reward_run(run: str, stage: Stage, key: str) -> Path:
     return ref.adapter
 
 
-def prepare(recipe: Recipe, prompt_room: int = 0) -> tuple[Stage, list[dict], dict[str, Path]]:
+def prepare(recipe: Recipe, prompt_room: int = 0, echo: Callable[[str], None] = print):
     """The stage, the prompts and the reward runs of a ppo or rs recipe, all checked before any weights load.
     `prompt_room` tokens of data.max_length are kept free for the response."""
     stage = prepare_stage(recipe)
@@ -52,9 +52,7 @@ def prepare(recipe: Recipe, prompt_room: int = 0) -> tuple[Stage, list[dict], di
         role: check_reward_run(run, stage, f"{section}.reward" + (f".{role}" if role != "reward" else ""))
         for role, run in runs.items()
     }
-    limit = recipe.data.max_length - prompt_room
-    words = {"limit": f"data.max_length - {section}.max_new_tokens = {limit}"} if prompt_room else {}
-    prompts = load_prompts(recipe.data.train, stage.tokenizer, limit, **words)
+    prompts = prompts_that_fit(recipe, stage.tokenizer, prompt_room, echo)
     tagged = sum(p["safety"] for p in prompts)
     if tagged and "safety" not in rewards:
         raise UserError(
@@ -62,6 +60,22 @@ def prepare(recipe: Recipe, prompt_room: int = 0) -> tuple[Stage, list[dict], di
             f"safety reward run. Give {section}.reward: {{helpfulness: RUN, safety: RUN}}, or drop the tags."
         )
     return stage, prompts, rewards
+
+
+def prompts_that_fit(recipe: Recipe, tokenizer, prompt_room: int, echo: Callable[[str], None]) -> list[dict]:
+    """The recipe's prompts that leave `prompt_room` tokens of data.max_length for the response; longer ones are
+    dropped and reported (data.on_too_long: drop) or refused (error)."""
+    limit, section = recipe.data.max_length - prompt_room, recipe.method
+    prompts, too_long = read_prompts(recipe.data.train, tokenizer, limit)
+    if not too_long:
+        return prompts
+    wording = f"data.max_length - {section}.max_new_tokens = {limit}" if prompt_room else None
+    message = too_long_message(list(too_long.values()), len(prompts), limit, wording)
+    if recipe.data.on_too_long != "drop" or len(too_long) == len(prompts):
+        how = "raise data.max_length" + (f" or lower {section}.max_new_tokens" if prompt_room else "")
+        raise UserError(f"{message} To use them, {how}; to leave them out, set data.on_too_long: drop.")
+    echo(f"data        {message.removesuffix('.')}: dropped (data.on_too_long: drop)")
+    return [prompt for index, prompt in enumerate(prompts) if index not in too_long]
 
 
 def plan_lines(stage: Stage, prompts: list[dict], rewards: dict[str, Path]) -> list[str]:
@@ -114,7 +128,7 @@ def run(
 
     from posttrain.rl.ppo import PPOTrainer
 
-    stage, prompts, rewards = prepare(recipe, prompt_room=recipe.ppo.max_new_tokens)
+    stage, prompts, rewards = prepare(recipe, prompt_room=recipe.ppo.max_new_tokens, echo=echo)
     stage.run.check_writable(resume=resume, overwrite=overwrite)
     s = recipe.ppo
     for line in plan_lines(stage, prompts, rewards) + [

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from posttrain.data.prepare import PreparedData
 from posttrain.methods import ppo, sft
-from posttrain.methods.common import Stage, start_run, train_and_finish
+from posttrain.methods.common import Stage, processes, start_run, train_and_finish
 from posttrain.recipe import Recipe
 from posttrain.runs import RunFolder
 
@@ -99,10 +99,8 @@ def run(
     dry_run: bool = False,
     echo: Callable[[str], None] = print,
 ) -> dict | None:
-    from accelerate import PartialState
-
     s = recipe.rs
-    stage, prompts, rewards = ppo.prepare(recipe, prompt_room=s.max_new_tokens)
+    stage, prompts, rewards = ppo.prepare(recipe, prompt_room=s.max_new_tokens, echo=echo)
     recipe.train = sft.TRAIN_DEFAULTS | {"assistant_only_loss": True} | recipe.train
     stage.run = RunFolder(stage.run.path, checkpoint_pattern=ROUND_PATTERN)
     stage.run.check_writable(resume=resume, overwrite=overwrite)
@@ -115,7 +113,7 @@ def run(
         echo("dry run: recipe, runs and prompts are valid; no weights were loaded and nothing was written.")
         return None
     start_run(stage, resume=resume, overwrite=overwrite)
-    state, run_folder = PartialState(), stage.run
+    state, run_folder = processes(stage), stage.run
     adapter, history = stage.adapter, []
     for number in range(1, s.iterations + 1):
         folder = run_folder.checkpoints / f"round-{number}"

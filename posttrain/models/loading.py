@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,16 +160,18 @@ def load_base_model(ref: ModelRef, quantization: str, double_quant: bool, precis
     auto_class = AutoModelForCausalLM
     if task_type == "SEQ_CLS":
         auto_class, kwargs["num_labels"] = AutoModelForSequenceClassification, 1
+    sharded = weights_are_sharded()
     if quantization != "none":
-        kwargs["quantization_config"] = quantization_config(quantization, double_quant, dtype, task_type)
-        kwargs["device_map"] = {"": _device()}
-    elif torch.cuda.is_available():
-        kwargs["device_map"] = {"": _device()}
+        storage = dtype if sharded else None
+        kwargs["quantization_config"] = quantization_config(quantization, double_quant, dtype, task_type, storage)
+    if not sharded and (quantization != "none" or torch.cuda.is_available()):
+        kwargs["device_map"] = {"": _device()}  # FSDP and ZeRO-3 place the shards themselves
     with hub_errors(ref.base):
         return auto_class.from_pretrained(ref.base, **kwargs)
 
 
-def quantization_config(quantization: str, double_quant: bool, dtype, task_type: str = "CAUSAL_LM"):
+def quantization_config(quantization: str, double_quant: bool, dtype, task_type: str = "CAUSAL_LM", storage=None):
+    """bitsandbytes settings; `storage` is the dtype the 4-bit weights are packed in (uint8 unless sharded)."""
     from transformers import BitsAndBytesConfig
 
     keep = ["score"] if task_type == "SEQ_CLS" else None  # the reward head stays in full precision
@@ -179,8 +182,22 @@ def quantization_config(quantization: str, double_quant: bool, dtype, task_type:
         bnb_4bit_quant_type=quantization,
         bnb_4bit_use_double_quant=double_quant,
         bnb_4bit_compute_dtype=dtype,
+        bnb_4bit_quant_storage=storage,
         llm_int8_skip_modules=keep,
     )
+
+
+def weights_are_sharded() -> bool:
+    """True when accelerate launched this process under FSDP or DeepSpeed ZeRO-3, which shard the base's weights.
+
+    FSDP-QLoRA and ZeRO-3 QLoRA (PEFT's guides) need the 4-bit weights packed in the same dtype as the rest of the
+    model (bnb_4bit_quant_storage), so they can be flattened and sharded with it, and no device_map.
+    """
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        return True
+    return os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3" or is_deepspeed_zero3_enabled()
 
 
 def _device() -> str:
@@ -194,8 +211,9 @@ def add_lora(model, lora, adapter: Path | None, task_type: str = "CAUSAL_LM"):
     """Wrap the base in a trainable LoRA adapter: a new one from the recipe, or an earlier run's to continue."""
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
-    if getattr(model, "hf_quantizer", None) is not None:
-        # Casts norms and embeddings to fp32 for stable fp16 training; checkpointing is TRL's to switch on.
+    if getattr(model, "hf_quantizer", None) is not None and not weights_are_sharded():
+        # Casts norms and embeddings to fp32 for stable fp16 training; checkpointing is TRL's to switch on. Sharded
+        # weights must keep one dtype per layer, so FSDP and ZeRO-3 skip the cast (as TRL does for sharded QLoRA).
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if adapter is not None:
         return PeftModel.from_pretrained(model, str(adapter), is_trainable=True)

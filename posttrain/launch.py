@@ -1,0 +1,140 @@
+"""More than one GPU: `--num-processes N` and `--accelerate-config` make a training command start itself again
+under `accelerate launch`, which runs it in N processes (DDP, DeepSpeed ZeRO or FSDP; several machines through
+the user's own accelerate config). posttrain has no distributed code of its own: accelerate starts the processes,
+TRL's trainers and accelerate split the batches and gather the weights, and only the main process writes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+from dataclasses import dataclass
+from importlib.util import find_spec
+from pathlib import Path
+from typing import NoReturn
+
+import yaml
+
+from posttrain.errors import UserError
+
+PRESETS_DIR = Path(__file__).parent / "accelerate_configs"
+PRESETS = {
+    "ddp": "DDP: one full copy of the 4-bit model per GPU, gradients averaged",
+    "zero2": "DeepSpeed ZeRO-2: optimizer state and gradients sharded across GPUs",
+    "zero3": "DeepSpeed ZeRO-3: the model's weights sharded too",
+    "fsdp": "PyTorch FSDP: weights, gradients and optimizer state sharded (FSDP-QLoRA)",
+}
+NEEDS_CUDA = {"DEEPSPEED", "FSDP"}  # accelerate runs these on GPUs only
+LAUNCHED = "POSTTRAIN_LAUNCHED"  # set for the launched processes, so that they train instead of launching again
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How `accelerate launch` is to start a training command: its config file and number of processes."""
+
+    config_file: Path
+    num_processes: int | None  # None: the user's config file says
+    cpu: bool  # no CUDA: the processes train on the CPU
+    preset: bool  # a shipped config (one machine) rather than the user's own
+
+    def command(self, args: list[str]) -> list[str]:
+        """The launcher's command line that runs `posttrain ARGS` in every process."""
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(self.config_file)]
+        if self.num_processes is not None:
+            command += ["--num_processes", str(self.num_processes)]
+        if self.preset:
+            # A free port, so two runs on one machine (or a test beside a run) do not collide on 29500; a user's
+            # own config keeps its port, which the other machines of a multi-node run must know.
+            command += ["--main_process_port", "0"]
+        return command + ["-m", "posttrain", *args]
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ, **{LAUNCHED: "1"})
+        if self.cpu:
+            # accelerate's own --cpu flag would start one process (its multi-CPU launcher is mpirun). The ddp
+            # config's torchrun launcher starts N; this variable makes them one gloo group on the CPU.
+            env["ACCELERATE_USE_CPU"] = "true"
+        return env
+
+
+def inside_launch() -> bool:
+    """True in a process that accelerate launch (or torchrun) started: the launcher already chose the processes."""
+    return LAUNCHED in os.environ or "LOCAL_RANK" in os.environ
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a launched run, or the only process: the one that talks to the terminal."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def plan_launch(num_processes: int | None, accelerate_config: str | None) -> Launch | None:
+    """The launch that --num-processes and --accelerate-config ask for, checked before anything starts;
+    None when this process trains by itself."""
+    if num_processes is not None and num_processes < 1:
+        raise UserError(f"--num-processes must be 1 or more, got {num_processes}.")
+    if inside_launch() or (accelerate_config is None and num_processes in (None, 1)):
+        return None
+    config_file, preset = find_config(accelerate_config or "ddp")
+    settings = read_config(config_file)
+    kind = str(settings.get("distributed_type", "")).upper()
+    name = accelerate_config or "ddp"
+    if kind == "DEEPSPEED" and find_spec("deepspeed") is None:
+        raise UserError(f"--accelerate-config {name} runs DeepSpeed, which is not installed: pip install deepspeed")
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if kind in NEEDS_CUDA and gpus == 0:
+        raise UserError(
+            f"--accelerate-config {name} ({kind}) needs CUDA GPUs, and this machine has none. "
+            "On a CPU, --num-processes N alone runs N processes with DDP."
+        )
+    if preset and num_processes is None:
+        num_processes = max(gpus, 1)  # a preset on its own uses every GPU of this machine
+    if num_processes is None and "num_processes" not in settings:
+        raise UserError(
+            f"{config_file} does not say how many processes to run: add num_processes to it, or pass --num-processes N."
+        )
+    wanted = num_processes or settings["num_processes"]
+    if gpus and int(settings.get("num_machines", 1)) == 1 and wanted > gpus:
+        raise UserError(f"--num-processes {wanted} asks for one GPU per process, but this machine has {gpus}.")
+    return Launch(config_file, num_processes, cpu=gpus == 0, preset=preset)
+
+
+def find_config(name: str) -> tuple[Path, bool]:
+    """(config file, whether it is a shipped preset) for a preset name or a path to the user's accelerate config."""
+    if name in PRESETS:
+        return PRESETS_DIR / f"{name}.yaml", True
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path, False
+    if path.suffix in (".yaml", ".yml", ".json") or "/" in name:
+        raise UserError(f"--accelerate-config: no such file {name}.")
+    close = difflib.get_close_matches(name, list(PRESETS), n=1)
+    hint = f" Did you mean {close[0]}?" if close else ""
+    raise UserError(
+        f"--accelerate-config: unknown preset {name}.{hint} Presets: {', '.join(PRESETS)}; "
+        "or give the path of your own accelerate config file (`accelerate config --config_file FILE` writes one)."
+    )
+
+
+def read_config(path: Path) -> dict:
+    try:
+        settings = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise UserError(f"--accelerate-config: cannot read {path}: {err}") from None
+    if not isinstance(settings, dict) or "distributed_type" not in settings:
+        raise UserError(
+            f"--accelerate-config: {path} is not an accelerate config (a YAML mapping with distributed_type); "
+            "`accelerate config --config_file FILE` writes one."
+        )
+    return settings
+
+
+def relaunch(launch: Launch, args: list[str]) -> NoReturn:
+    """Become `accelerate launch ... -m posttrain ARGS`: its exit status is this command's, and what this process
+    held to check the recipe (data, tokenizer, a CUDA context) is freed for the training processes."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    command = launch.command(args)
+    os.execve(command[0], command, launch.environment())

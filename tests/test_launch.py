@@ -1,0 +1,167 @@
+"""More than one process: `--num-processes` and `--accelerate-config` relaunch a training command under accelerate.
+Two CPU processes train SFT and DPO on tiny-llama2 and leave one run folder; bad launch options exit 2 first."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from posttrain import launch
+from posttrain.cli import app, training_args
+
+
+@pytest.fixture
+def outside_launch(monkeypatch):
+    """As if typed in a shell: not a process that accelerate launch started."""
+    for name in (launch.LAUNCHED, "LOCAL_RANK", "RANK"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def no_gpu(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+def train_in_two_processes(method: str, recipe: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "posttrain", method, str(recipe), "--num-processes", "2"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return done
+
+
+def assert_one_finished_run(tmp_path: Path, run: Path, steps: int) -> dict:
+    """One run folder holding one adapter and one metrics.json; both processes trained (one RNG state each)."""
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([run.name, "recipe.yaml"])
+    assert [p.relative_to(run) for p in run.rglob("adapter_model.safetensors") if "checkpoints" not in p.parts] == [
+        Path("adapter/adapter_model.safetensors")
+    ]
+    assert not list(run.glob("*.partial"))
+    assert sorted(p.name for p in run.glob(f"checkpoints/checkpoint-{steps}/rng_state_*.pth")) == [
+        "rng_state_0.pth",
+        "rng_state_1.pth",
+    ]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["final_step"] == steps
+    assert math.isfinite(metrics["train"]["train_loss"])
+    assert [entry["step"] for entry in metrics["log_history"] if "loss" in entry] == list(range(1, steps + 1))
+    return metrics
+
+
+def test_sft_in_two_processes_saves_one_adapter(tmp_path, write_recipe):
+    done = train_in_two_processes("sft", write_recipe())
+    assert "launching: " in done.stdout and "--num_processes 2" in done.stdout
+    assert done.stdout.count("done: run folder") == 1  # the main process reports; the other one is quiet
+    assert_one_finished_run(tmp_path, tmp_path / "run", steps=2)
+
+
+def test_dpo_in_two_processes_continues_the_sft_run(tmp_path, write_recipe, sft_run):
+    recipe = write_recipe(
+        method="dpo",
+        model={"name": str(sft_run), "quantization": "nf4"},
+        data={"train": "builtin:pirate_prefs", "max_length": 128},
+    )
+    train_in_two_processes("dpo", recipe)
+    metrics = assert_one_finished_run(tmp_path, tmp_path / "run", steps=2)
+    assert metrics["reference_model"] == f"the starting adapter of {sft_run}"
+    assert not (tmp_path / "run" / "adapter" / "ref").exists()  # DPO's frozen reference copy is not the result
+
+
+def test_dry_run_checks_here_and_shows_the_launch(tmp_path, write_recipe, outside_launch):
+    result = CliRunner().invoke(app, ["sft", str(write_recipe()), "--num-processes", "2", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "dry run: recipe, model and data are valid" in result.output
+    assert "would launch: " in result.output and "--num_processes 2" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------- the launcher's command line, built without launching
+
+
+def test_num_processes_alone_launches_the_ddp_preset_on_the_cpu(monkeypatch, outside_launch):
+    no_gpu(monkeypatch)
+    planned = launch.plan_launch(2, None)
+    assert planned.command(["sft", "my.yaml", "--set", "train.max_steps=2"]) == [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(launch.PRESETS_DIR / "ddp.yaml"),
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        "0",
+        "-m",
+        "posttrain",
+        "sft",
+        "my.yaml",
+        "--set",
+        "train.max_steps=2",
+    ]
+    env = planned.environment()
+    assert env["ACCELERATE_USE_CPU"] == "true" and env[launch.LAUNCHED] == "1"
+
+
+def test_a_users_config_decides_processes_and_port(tmp_path, outside_launch):
+    config = tmp_path / "two-nodes.yaml"
+    config.write_text(yaml.safe_dump({"distributed_type": "MULTI_GPU", "num_machines": 2, "num_processes": 16}))
+    command = launch.plan_launch(None, str(config)).command(["dpo", "my.yaml"])
+    assert command[3:] == ["--config_file", str(config), "-m", "posttrain", "dpo", "my.yaml"]
+
+
+def test_every_preset_is_an_accelerate_config_that_leaves_precision_to_posttrain():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    configs = {name: load_config_from_file(str(launch.PRESETS_DIR / f"{name}.yaml")) for name in launch.PRESETS}
+    kinds = {name: config.distributed_type.value for name, config in configs.items()}
+    assert kinds == {"ddp": "MULTI_GPU", "zero2": "DEEPSPEED", "zero3": "DEEPSPEED", "fsdp": "FSDP"}
+    assert all(config.mixed_precision is None for config in configs.values())  # model.precision decides
+    # what QLoRA needs when the weights are sharded (PEFT's FSDP and DeepSpeed guides)
+    assert configs["zero3"].deepspeed_config["zero3_init_flag"] is True
+    fsdp = configs["fsdp"].fsdp_config
+    assert fsdp["fsdp_use_orig_params"] is False and fsdp["fsdp_cpu_ram_efficient_loading"] is True
+
+
+def test_a_launched_process_trains_instead_of_launching_again(monkeypatch):
+    monkeypatch.setenv(launch.LAUNCHED, "1")
+    assert launch.plan_launch(2, "ddp") is None
+
+
+def test_launched_processes_get_the_same_arguments_without_the_launch_options():
+    args = training_args("sft", "my.yaml", ["train.max_steps=2"], Path("runs/x"), resume=True, overwrite=False)
+    assert args == ["sft", "my.yaml", "--set", "train.max_steps=2", "--output-dir", "runs/x", "--resume"]
+
+
+# ---------------------------------------------------------------- bad launch options: exit 2, nothing written
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--num-processes", "0"], "--num-processes must be 1 or more, got 0"),
+        (["--accelerate-config", "zero4"], "unknown preset zero4. Did you mean zero3?"),
+        (["--accelerate-config", "configs/missing.yaml"], "no such file configs/missing.yaml"),
+        (["--accelerate-config", "zero3"], "not installed: pip install deepspeed"),
+        (["--accelerate-config", "fsdp"], "needs CUDA GPUs, and this machine has none"),
+    ],
+)
+def test_bad_launch_options_are_refused(tmp_path, write_recipe, monkeypatch, outside_launch, options, message):
+    no_gpu(monkeypatch)
+    monkeypatch.setattr(launch, "find_spec", lambda name: None)  # deepspeed absent, whatever this machine has
+    result = CliRunner().invoke(app, ["sft", str(write_recipe()), *options])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert message in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_file_that_is_not_an_accelerate_config_is_refused(tmp_path, write_recipe, outside_launch):
+    (tmp_path / "notes.yaml").write_text("- just a list\n")
+    result = CliRunner().invoke(app, ["sft", str(write_recipe()), "--accelerate-config", str(tmp_path / "notes.yaml")])
+    assert result.exit_code == 2, result.output
+    assert "is not an accelerate config" in result.output
+    assert not (tmp_path / "run").exists()
