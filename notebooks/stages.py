@@ -1,0 +1,614 @@
+"""What each Colab notebook does after the shared opening: its title and its own cells, as ("md" | "code", text).
+
+build.py adds the opening (parameters, helpers, install, login) and the Google Drive cell, and writes the files.
+Every training cell runs a shipped llama2-7b/*-qlora-t4 recipe; in TINY mode `--set` shrinks it to tiny-llama2.
+"""
+
+from __future__ import annotations
+
+
+def md(text: str) -> tuple[str, str]:
+    return ("md", text)
+
+
+def py(text: str) -> tuple[str, str]:
+    return ("code", text)
+
+
+PLAN_MD = md("""
+    ### Plan: does it fit a T4?
+
+    `posttrain plan` predicts the recipe's peak GPU memory on a 16 GB T4, with the same `--set` changes as the
+    training run, without loading any weights (it reads the model's config), and says whether it fits and with
+    how much headroom, or what to change when it does not. Add such a change as one more `--set` in both cells.
+""")
+
+
+def sft_run_needed(notebook: str) -> list[tuple[str, str]]:
+    """Cells that find notebook 01's SFT run (on Colab) or train a 2-step stand-in for it (TINY)."""
+    return [
+        md(f"""
+            ## The SFT run
+
+            {notebook} starts from the run folder of notebook 01, `runs/llama2-7b-sft`. In a new Colab session, copy
+            it back from Google Drive to `/content/runs` first. In TINY mode a 2-step run on tiny-llama2 stands in.
+        """),
+        py("""
+            SFT_RUN = f"{RUNS}-sft"
+            if TINY:  # no run of notebook 01 here: a 2-step SFT run on tiny-llama2 stands in for it
+                tiny_sft = [
+                    f"model.name={MODEL}",
+                    "model.precision=auto",
+                    "data.train=builtin:pirate_sft",
+                    "data.max_length=192",
+                    "train.max_steps=2",
+                    "train.gradient_accumulation_steps=1",
+                ]
+                sh(f"posttrain sft llama2-7b/sft-qlora-t4 {sets(tiny_sft)} --output-dir {SFT_RUN}")
+            elif not Path(SFT_RUN, "adapter").is_dir():
+                raise FileNotFoundError(f"{SFT_RUN} holds no adapter: run 01_sft.ipynb first, or copy its run back")
+            show_folder(SFT_RUN)
+        """),
+    ]
+
+
+# ------------------------------------------------------------------------------------------------------------ 01 SFT
+
+SFT = dict(
+    title="""
+        # 1 · Supervised fine-tuning (SFT) of Llama 2 7B
+
+        The first stage of the Llama 2 pipeline: instruction tuning. A pretrained base model only continues text;
+        SFT trains it on conversations written by people (here HuggingFaceH4/no_robots, 9.5k of them), so that it
+        answers a request given in Llama 2's chat format (`[INST] ... [/INST]`) and stops when the answer is done.
+        posttrain trains it as 4-bit QLoRA: the base stays frozen in 4 bits and only small LoRA adapters train.
+        The run folder written here is where the next notebooks start: reward model and RLHF (02), DPO (03), chat
+        and merge (05). ORPO (04) starts from the base model instead.
+    """,
+    cells=[
+        md("""
+            ## Before: the base model's answers
+
+            `posttrain generate` answers each question of `questions.jsonl` in the Llama 2 chat template. The base
+            model was never taught that format, so it often rambles, repeats the question or does not stop.
+        """),
+        py('sh(f"posttrain generate {MODEL} {GENERATE} --output replies/base.jsonl")'),
+        md("""
+            ## Instruction tuning
+
+            The recipe `llama2-7b/sft-qlora-t4` runs one epoch over no_robots, 16 conversations per optimizer step
+            (2 per batch, 8 batches accumulated), with the loss on the assistant turns only. `--set` changes any
+            recipe key for one run; the cell below passes `MODEL`, and in TINY mode shrinks the recipe.
+        """),
+        PLAN_MD,
+        py("""
+            SFT_RUN = f"{RUNS}-sft"
+            SFT = [f"model.name={MODEL}"]
+            if TINY:  # the same recipe shrunk to tiny-llama2 on a CPU: built-in data, short rows, 2 steps
+                SFT += [
+                    "model.precision=auto",
+                    "data.train=builtin:pirate_sft",
+                    "data.max_length=192",
+                    "train.max_steps=2",
+                    "train.gradient_accumulation_steps=1",
+                    "train.logging_steps=1",
+                ]
+            sh(f"posttrain plan llama2-7b/sft-qlora-t4 --gpu t4 {sets(SFT)}")
+        """),
+        md("""
+            ### Train
+
+            You should see the data report (format, rows, a token-length histogram, and how many rows were too long
+            for `data.max_length` and dropped), then the trainer's log every 10 steps (loss, learning rate), then
+            `done: run folder ...`. If Colab disconnects, rerun the cell with `--resume` added: training continues
+            from the last checkpoint (every 100 steps). A finished run is never overwritten unless you add
+            `--overwrite`.
+        """),
+        py('sh(f"posttrain sft llama2-7b/sft-qlora-t4 {sets(SFT)} --output-dir {SFT_RUN}")'),
+        md("""
+            ### Loss curve
+
+            `metrics.json` in the run folder holds the trainer's log history: the training loss at each logging step,
+            and the loss on the 2% of conversations held out for evaluation, computed at the end. The training loss
+            usually drops fast over the first steps, then slowly.
+        """),
+        py("""
+            plot_metrics(metrics(SFT_RUN)["log_history"], [["loss", "eval_loss"], ["learning_rate"]])
+            print("eval loss at the end:", metrics(SFT_RUN)["eval"]["eval_loss"])
+        """),
+        md("""
+            ## After: the same questions
+
+            The run folder loads as a model: its base in 4 bits plus the adapter, with the chat template it was
+            trained with. The SFT model should answer each question directly and stop.
+        """),
+        py("""
+            sh(f"posttrain generate {SFT_RUN} {GENERATE} --output replies/sft.jsonl")
+            base, sft = replies("replies/base.jsonl"), replies("replies/sft.jsonl")
+            side_by_side(
+                QUESTIONS,
+                {"base model": [base[q] for q in QUESTIONS], "after SFT": [sft[q] for q in QUESTIONS]},
+            )
+        """),
+        md("""
+            ## Where the outputs are
+
+            The run folder holds `adapter/` (the trained LoRA adapter: for Llama 2 7B about 40M parameters, 160 MB in
+            fp32; the base model is not copied), `recipe.yaml` (the resolved recipe with library versions),
+            `metrics.json`, `checkpoints/` (for `--resume`), `logs/` (TensorBoard) and the tokenizer with its chat
+            template. `replies/` holds the generated answers as JSONL.
+        """),
+        py("""
+            show_folder(SFT_RUN)
+            show_folder("replies")
+        """),
+    ],
+)
+
+
+# -------------------------------------------------------------------------------------------- 02 reward, RS and PPO
+
+REWARD_RS_PPO = dict(
+    title="""
+        # 2 · RLHF: a reward model, rejection sampling and PPO
+
+        Llama 2's RLHF, on top of the SFT run of notebook 01:
+        1. **Reward model**: the base model with a score head, trained on human comparisons (Anthropic HH: per
+           prompt, a chosen and a rejected reply) to score the chosen reply higher.
+        2. **Rejection sampling**: sample several answers per prompt, keep the one the reward model scores best,
+           fine-tune the policy on the kept answers; repeat.
+        3. **PPO**: reinforcement learning against the reward model, with a per-token KL penalty that keeps the
+           policy close to where it started.
+
+        Llama 2 applied PPO on top of the rejection-sampling model; so does this notebook, by starting PPO from the
+        rejection-sampling run (the shipped PPO recipe starts from the SFT run).
+    """,
+    cells=[
+        *sft_run_needed("This notebook"),
+        md("""
+            ## 1. Reward model
+
+            The reward model starts from the base model, not from the SFT run (a score head is not a language-model
+            head): a LoRA adapter and a one-output score head, trained with TRL's RewardTrainer on
+            `-log σ(r_chosen - r_rejected)`. What to look for: the accuracy, the share of held-out pairs (HH test)
+            whose chosen reply scores higher. Human preferences are noisy, so it stays well below 100%.
+        """),
+        PLAN_MD,
+        py("""
+            REWARD_RUN = f"{RUNS}-reward"
+            REWARD = [f"model.name={MODEL}"]
+            if TINY:
+                REWARD += [
+                    "model.precision=auto",
+                    "data.train=builtin:pirate_prefs",
+                    "data.eval=builtin:pirate_prefs_strength",
+                    "data.max_length=192",
+                    "train.max_steps=2",
+                    "train.gradient_accumulation_steps=1",
+                    "train.logging_steps=1",
+                ]
+            sh(f"posttrain plan llama2-7b/reward-qlora-t4 --gpu t4 {sets(REWARD)}")
+        """),
+        py('sh(f"posttrain reward llama2-7b/reward-qlora-t4 {sets(REWARD)} --output-dir {REWARD_RUN}")'),
+        py("""
+            plot_metrics(metrics(REWARD_RUN)["log_history"], [["loss", "eval_loss"], ["accuracy", "eval_accuracy"]])
+            accuracy = metrics(REWARD_RUN)["reward_accuracy"]
+            print(f"accuracy on {accuracy['pairs']} held-out pairs: {accuracy['accuracy']:.3f}")
+        """),
+        md("""
+            ## 2. Rejection sampling
+
+            Each round samples `rs.samples_per_prompt` answers to every prompt (the human turns of HH) with the
+            current policy, scores them with the reward run, keeps the best answer per prompt and fine-tunes the
+            policy on the kept answers (SFT). What to look for, per round: the mean score of all samples (the
+            policy's level), which should rise from round to round, and of the kept ones (what it learns from).
+            The recipe samples every prompt of the HH test split (about 8.5k) in every round, a long run on one T4:
+            for a first try, take fewer prompts with a split slice, e.g. `"data.train=Anthropic/hh-rlhf:test[:500]"`
+            in `RS`, or fewer rounds with `rs.iterations`.
+        """),
+        py("""
+            RS_RUN = f"{RUNS}-rs"
+            RS = [f"model.name={SFT_RUN}", f"rs.reward={REWARD_RUN}"]
+            if TINY:
+                RS += [
+                    "model.precision=auto",
+                    "data.train=builtin:pirate_heldout",
+                    "data.max_length=192",
+                    "rs.iterations=2",
+                    "rs.samples_per_prompt=2",
+                    "rs.max_new_tokens=8",
+                    "train.max_steps=2",
+                    "train.gradient_accumulation_steps=1",
+                ]
+            sh(f"posttrain plan llama2-7b/rs-qlora-t4 --gpu t4 {sets(RS)}")
+        """),
+        py('sh(f"posttrain rs llama2-7b/rs-qlora-t4 {sets(RS)} --output-dir {RS_RUN}")'),
+        md("""
+            `selected/round-N.jsonl` holds, per prompt, every candidate with its score and the one kept:
+        """),
+        py("""
+            plot_metrics(metrics(RS_RUN)["rounds"], [["mean_score", "best_score"], ["train_loss"]], x="round")
+            last_round = len(metrics(RS_RUN)["rounds"])
+            first = json.loads(Path(RS_RUN, "selected", f"round-{last_round}.jsonl").read_text().splitlines()[0])
+            print("prompt:", first["prompt"][-1]["content"])
+            for candidate in first["candidates"]:
+                print(f"  score {candidate['score']:+.3f}: {candidate['response'][:300]!r}")
+        """),
+        md("""
+            ## 3. PPO
+
+            One 4-bit base carries four LoRA adapters: the policy (trains; here it starts from the rejection-sampling
+            run), the reference (a frozen copy of the starting policy), the value model (trains; starts from the
+            reward adapter) and the reward model (frozen). Each step samples answers to a batch of prompts, scores
+            them, subtracts a per-token KL penalty to the reference, and updates policy and value with clipped
+            losses. What to look for: the score rising while the KL to the reference stays small. A score that
+            climbs with a fast-growing KL, or answers that shrink to nothing (the response length), is the policy
+            exploiting the reward model's blind spots rather than getting better.
+        """),
+        py("""
+            PPO_RUN = f"{RUNS}-ppo"
+            PPO = [f"model.name={RS_RUN}", f"ppo.reward={REWARD_RUN}"]
+            if TINY:
+                PPO += [
+                    "model.precision=auto",
+                    "data.train=builtin:pirate_heldout",
+                    "data.max_length=192",
+                    "ppo.steps=2",
+                    "ppo.batch_size=4",
+                    "ppo.mini_batch_size=2",
+                    "ppo.max_new_tokens=8",
+                ]
+            sh(f"posttrain plan llama2-7b/ppo-qlora-t4 --gpu t4 {sets(PPO)}")
+        """),
+        py('sh(f"posttrain ppo llama2-7b/ppo-qlora-t4 {sets(PPO)} --output-dir {PPO_RUN}")'),
+        md("""
+            `samples.jsonl` holds every sampled answer with its score; here are the last step's:
+        """),
+        py("""
+            plot_metrics(metrics(PPO_RUN)["steps"], [["score"], ["kl"], ["response_length"]])
+            samples = [json.loads(line) for line in Path(PPO_RUN, "samples.jsonl").read_text().splitlines()]
+            for sample in samples:
+                if sample["step"] == samples[-1]["step"]:
+                    print(f"score {sample['score']:+.3f}  {sample['prompt']!r} -> {sample['response'][:300]!r}")
+        """),
+        md("""
+            ## Before and after: PPO against SFT
+
+            `posttrain eval winrate` answers the questions with both models and lets the reward run judge each pair
+            (a tie counts half), with a bootstrap 95% interval. Two cautions: the judge is the reward model PPO was
+            trained against, so this shows what PPO optimised, not what people prefer; and three questions give a
+            very wide interval: use a prompt file of a few hundred for a number worth reading.
+        """),
+        py("""
+            sh(f"posttrain eval winrate {PPO_RUN} {SFT_RUN} {GENERATE} --judge {REWARD_RUN}")
+            report = max(Path("evals").glob("winrate-*.json"), key=os.path.getmtime)  # the report just written
+            judged = json.loads(report.read_text())["judged"]
+            side_by_side(
+                [pair["prompt"][-1]["content"] for pair in judged],
+                {
+                    "SFT (score, reply)": [f"{pair['score_b']:+.2f}  {pair['reply_b']}" for pair in judged],
+                    "PPO (score, reply)": [f"{pair['score_a']:+.2f}  {pair['reply_a']}" for pair in judged],
+                },
+            )
+        """),
+        md("""
+            ## Where the outputs are
+
+            Each run folder holds `adapter/` (the reward run's also keeps its score head), `recipe.yaml`,
+            `metrics.json` and `checkpoints/`; the rejection-sampling run adds `selected/`, the PPO run
+            `samples.jsonl`. `evals/` holds the win-rate report.
+        """),
+        py("""
+            for run in (REWARD_RUN, RS_RUN, PPO_RUN):
+                print(run)
+                show_folder(run)
+        """),
+    ],
+)
+
+
+# ------------------------------------------------------------------------------------------------------------ 03 DPO
+
+DPO = dict(
+    title="""
+        # 3 · DPO from the SFT run
+
+        The cheaper path to a chat model: Direct Preference Optimisation trains the SFT model directly on
+        preference pairs (UltraFeedback: a chosen and a rejected answer per prompt), with no reward model and no
+        sampling. Its loss raises the likelihood of the chosen answer relative to the rejected one, both measured
+        against a reference model: here a frozen copy of the SFT adapter on the same 4-bit base, so no second model
+        is loaded.
+    """,
+    cells=[
+        *sft_run_needed("DPO"),
+        md("""
+            ## Before: the SFT model's answers
+
+            The same questions are asked again after DPO.
+        """),
+        py('sh(f"posttrain generate {SFT_RUN} {GENERATE} --output replies/sft.jsonl")'),
+        md("""
+            ## DPO
+
+            The recipe `llama2-7b/dpo-qlora-t4` continues training the SFT run's adapter (`model.name` is the SFT run
+            folder) with β = 0.1, for 500 steps of 16 pairs.
+        """),
+        PLAN_MD,
+        py("""
+            DPO_RUN = f"{RUNS}-dpo"
+            DPO = [f"model.name={SFT_RUN}"]
+            if TINY:
+                DPO += [
+                    "model.precision=auto",
+                    "data.train=builtin:pirate_prefs",
+                    "data.eval=builtin:pirate_prefs_strength",
+                    "data.max_length=192",
+                    "train.max_steps=2",
+                    "train.gradient_accumulation_steps=1",
+                    "train.logging_steps=1",
+                ]
+            sh(f"posttrain plan llama2-7b/dpo-qlora-t4 --gpu t4 {sets(DPO)}")
+        """),
+        py('sh(f"posttrain dpo llama2-7b/dpo-qlora-t4 {sets(DPO)} --output-dir {DPO_RUN}")'),
+        md("""
+            ### Curves
+
+            At the first step the policy equals the reference, so the loss is ln 2 ≈ 0.693 and the implicit rewards
+            (β times the policy's log-likelihood ratio to the reference) are 0. Then the loss should fall, the margin
+            between the chosen and the rejected reward grow, and the reward accuracy (pairs whose chosen answer has
+            the larger reward) rise above one half.
+        """),
+        py("""
+            plot_metrics(
+                metrics(DPO_RUN)["log_history"],
+                [["loss", "eval_loss"], ["rewards/margins"], ["rewards/accuracies"]],
+            )
+        """),
+        md("""
+            ## After: the same questions
+        """),
+        py("""
+            sh(f"posttrain generate {DPO_RUN} {GENERATE} --output replies/dpo.jsonl")
+            sft, dpo = replies("replies/sft.jsonl"), replies("replies/dpo.jsonl")
+            side_by_side(
+                QUESTIONS,
+                {"SFT": [sft[q] for q in QUESTIONS], "after DPO": [dpo[q] for q in QUESTIONS]},
+            )
+        """),
+        md("""
+            ## Where the outputs are
+
+            The DPO run folder holds `adapter/` (the SFT adapter, trained further), `recipe.yaml`, `metrics.json`
+            (with the reference model it used), `checkpoints/` and `logs/`.
+        """),
+        py("show_folder(DPO_RUN)"),
+    ],
+)
+
+
+# ----------------------------------------------------------------------------------------------------------- 04 ORPO
+
+ORPO = dict(
+    title="""
+        # 4 · ORPO from the base model
+
+        ORPO (odds-ratio preference optimisation) does instruction tuning and preference alignment in one stage,
+        straight from the base model: its loss is the SFT loss on the chosen answer plus a term, weighted by β, that
+        raises the odds of the chosen answer over the rejected one. No SFT run, no reference model and no reward
+        model: the cheapest path. It trains here on UltraFeedback pairs with TRL's ORPOTrainer.
+    """,
+    cells=[
+        md("""
+            ## Before: the base model's answers
+
+            The base model was never taught the chat format; the same questions are asked again after ORPO.
+        """),
+        py('sh(f"posttrain generate {MODEL} {GENERATE} --output replies/base.jsonl")'),
+        md("""
+            ## ORPO
+
+            The recipe `llama2-7b/orpo-qlora-t4` trains a new LoRA adapter on the 4-bit base with β = 0.1, for 1000
+            steps of 16 pairs.
+        """),
+        PLAN_MD,
+        py("""
+            ORPO_RUN = f"{RUNS}-orpo"
+            ORPO = [f"model.name={MODEL}"]
+            if TINY:
+                ORPO += [
+                    "model.precision=auto",
+                    "data.train=builtin:pirate_prefs",
+                    "data.eval=builtin:pirate_prefs_strength",
+                    "data.max_length=192",
+                    "train.max_steps=2",
+                    "train.gradient_accumulation_steps=1",
+                    "train.logging_steps=1",
+                ]
+            sh(f"posttrain plan llama2-7b/orpo-qlora-t4 --gpu t4 {sets(ORPO)}")
+        """),
+        py('sh(f"posttrain orpo llama2-7b/orpo-qlora-t4 {sets(ORPO)} --output-dir {ORPO_RUN}")'),
+        md("""
+            ### Curves
+
+            `nll_loss` is the SFT part of the loss: it should fall as in SFT. `log_odds_ratio` (the log-sigmoid of
+            the chosen-over-rejected log odds) should rise towards 0, and the reward accuracy (pairs whose chosen
+            answer is the likelier) above one half.
+        """),
+        py("""
+            plot_metrics(
+                metrics(ORPO_RUN)["log_history"],
+                [["loss", "nll_loss", "eval_loss"], ["log_odds_ratio"], ["rewards/accuracies"]],
+            )
+        """),
+        md("""
+            ## After: the same questions
+        """),
+        py("""
+            sh(f"posttrain generate {ORPO_RUN} {GENERATE} --output replies/orpo.jsonl")
+            base, orpo = replies("replies/base.jsonl"), replies("replies/orpo.jsonl")
+            side_by_side(
+                QUESTIONS,
+                {"base model": [base[q] for q in QUESTIONS], "after ORPO": [orpo[q] for q in QUESTIONS]},
+            )
+        """),
+        md("""
+            ## Where the outputs are
+
+            The ORPO run folder holds `adapter/` (the LoRA adapter), `recipe.yaml`, `metrics.json`, `checkpoints/`
+            and `logs/`. It loads as a model like an SFT run: chat with it or merge it in notebook 05.
+        """),
+        py("show_folder(ORPO_RUN)"),
+    ],
+)
+
+
+# ------------------------------------------------------------------------------------------------ 05 chat and merge
+
+CHAT_MERGE = dict(
+    title="""
+        # 5 · Use the result: generate, chat, merge
+
+        Any run folder that holds a language model (SFT, DPO, ORPO, rejection sampling or PPO; not a reward run)
+        loads as a model: its base in 4 bits plus its adapter, with the chat template it was trained with. This
+        notebook answers a file of questions with it, chats with it, and merges the adapter into a plain
+        transformers model folder that loads without posttrain.
+    """,
+    extra="[serve]",
+    cells=[
+        *sft_run_needed("This notebook"),
+        py('RUN = SFT_RUN  # or f"{RUNS}-dpo", f"{RUNS}-orpo", f"{RUNS}-rs", f"{RUNS}-ppo"'),
+        md("""
+            ## Generate
+
+            `posttrain generate` answers every prompt of a file (any data format; the prompt part is taken) in
+            batches and writes one JSONL row per prompt. It is greedy by default; `--do-sample --temperature 0.7
+            --top-p 0.9` samples instead. A rerun skips the prompts already answered.
+        """),
+        py("""
+            sh(f"posttrain generate {RUN} {GENERATE} --output replies/run.jsonl")
+            for question, reply in replies("replies/run.jsonl").items():
+                print(f"Q: {question}\\nA: {reply}\\n")
+        """),
+        md("""
+            ## Chat
+
+            In a terminal this is `posttrain chat RUN`. Here the same chat loop runs in the notebook and reads your
+            messages from an input box: type a message and press Enter, and the reply streams below. `/system TEXT`
+            sets a system prompt, `/reset` clears the history and `/exit` ends the chat (the cell runs until then).
+            In TINY mode a scripted conversation stands in for the keyboard.
+        """),
+        py("""
+            import gc
+
+            import torch
+
+            from posttrain.chat import run_chat
+            from posttrain.cli_support import quiet_libraries
+            from posttrain.generation import GenerationSettings
+
+            quiet_libraries()
+            settings = GenerationSettings(
+                max_new_tokens=24 if TINY else 512,
+                do_sample=True,
+                temperature=0.7,
+                top_p=0.9,
+            )
+            if TINY:  # no keyboard in the test suite: a scripted conversation
+                script = iter(["Hi! Who are you?", "/system You are a pirate.", "Where is Japan?", "/exit"])
+
+                def read(prompt: str) -> str:
+                    line = next(script)
+                    print(prompt + line)
+                    return line
+            else:
+                read = input
+            run_chat(RUN, None, settings, "auto", read=read, write=lambda text: print(text, end="", flush=True))
+            gc.collect()
+            torch.cuda.empty_cache()  # the chat model's GPU memory goes back before the merge
+        """),
+        md("""
+            ### A chat page (optional, Colab)
+
+            `posttrain serve RUN` serves a chat page (gradio, from the `serve` extra the install cell includes) on
+            port 7860 of the machine it runs on; it has no public share link of its own. On Colab, the next cell
+            (off by default) starts it in the background and opens the page through Colab's port proxy in a new
+            browser tab. `server.terminate()` stops it and frees its GPU memory: do that before the merge.
+        """),
+        py("""
+            SERVE = False  # True (Colab): start `posttrain serve` in the background and open its page
+            if SERVE and not TINY:
+                import socket
+                import time
+
+                from google.colab import output
+
+                def page_is_up() -> bool:  # once the model has loaded
+                    with socket.socket() as probe:
+                        return probe.connect_ex(("127.0.0.1", 7860)) == 0
+
+                server = subprocess.Popen(["posttrain", "serve", RUN, "--port", "7860"])
+                while not page_is_up():
+                    if server.poll() is not None:
+                        raise RuntimeError("posttrain serve stopped: run it with sh() to see its output")
+                    time.sleep(5)
+                output.serve_kernel_port_as_window(7860)
+        """),
+        md("""
+            ## Merge
+
+            `posttrain merge` reloads the base in 16 bits (not the 4-bit base the adapter trained on), applies the
+            adapter and folds it into the weights, checks that the merged model's logits match the adapter model's,
+            and only then writes a plain transformers folder: safetensors, tokenizer, chat template and generation
+            config. For Llama 2 7B that is about 13.5 GB in fp16 (6.7 billion parameters × 2 bytes), held on the GPU
+            during the merge. It writes only into a new folder, so the cell skips a merge already done.
+        """),
+        py("""
+            MERGED = f"models/{Path(RUN).name}-merged"
+            if not Path(MERGED, "config.json").exists():
+                sh(f"posttrain merge {RUN} --output {MERGED}")
+            show_folder(MERGED)
+        """),
+        md("""
+            ### Load it with transformers alone
+
+            No posttrain and no peft: `AutoModelForCausalLM.from_pretrained` loads the folder (in fp16, 13.5 GB of
+            the T4's memory for 7B), and its tokenizer carries the chat template. Its greedy answer may differ in places
+            from the run's answer to the same question above: the run computes with the 4-bit base, this model with
+            16-bit weights.
+        """),
+        py("""
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(MERGED)
+            model = AutoModelForCausalLM.from_pretrained(MERGED, dtype="auto", device_map="auto")
+            chat = [{"role": "user", "content": QUESTIONS[0]}]
+            prompt = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+            print(repr(prompt))  # the chat template at work (Llama 2: [INST] ... [/INST])
+            inputs = tokenizer(prompt, add_special_tokens=False, return_tensors="pt").to(model.device)
+            with torch.no_grad():
+                output = model.generate(**inputs, max_new_tokens=24 if TINY else 256, do_sample=False)
+            reply = output[0, inputs["input_ids"].shape[1] :]
+            print(tokenizer.decode(reply, skip_special_tokens=True))
+        """),
+        md("""
+            ## Where the outputs are
+
+            `replies/run.jsonl` holds the generated answers, and `models/` the merged model: copy that folder
+            anywhere transformers runs, or push it to the Hugging Face hub with `model.push_to_hub(...)` (mind the
+            Llama 2 licence).
+        """),
+        py("""
+            show_folder("replies")
+            show_folder("models")
+        """),
+    ],
+)
+
+
+NOTEBOOKS = {
+    "01_sft.ipynb": SFT,
+    "02_reward_rs_ppo.ipynb": REWARD_RS_PPO,
+    "03_dpo.ipynb": DPO,
+    "04_orpo.ipynb": ORPO,
+    "05_chat_merge.ipynb": CHAT_MERGE,
+}
