@@ -67,7 +67,7 @@ TRAINING_COMMANDS = {
     "rs": "Rejection-sampling fine-tuning (Llama 2): sample K answers, keep the reward run's best, SFT on them.",
 }
 RecipeArg = Annotated[str, typer.Argument(help="YAML path or shipped recipe name (see `posttrain recipes`).")]
-GPU_NAMES = ("t4", "l4", "a10g", "a100-40gb", "a100-80gb", "h100")  # posttrain.plan.GPUS, without importing it
+GPU_NAMES = ("t4", "l4", "a10g", "a100-40gb", "a100-80gb", "h100")  # posttrain.fit.GPUS, without importing it
 
 
 def train(
@@ -83,9 +83,9 @@ def train(
 ) -> None:
     import importlib
 
+    from posttrain.fit import warn_if_too_big
     from posttrain.launch import is_main_process, plan_launch, relaunch
     from posttrain.methods.common import run_method
-    from posttrain.plan import warn_if_too_big
 
     launch = plan_launch(num_processes, accelerate_config)
     loaded = load_method_recipe(recipe, method, overrides, output_dir)
@@ -213,7 +213,7 @@ def plan(
     Reads only the model's config (shipped for the Llama 2 7B and 13B sizes, so it works offline).
     """
     from posttrain.errors import UserError
-    from posttrain.plan import GPUS, plan_lines
+    from posttrain.fit import GPUS, plan_lines
     from posttrain.precision import Hardware
     from posttrain.recipe import load_recipe
 

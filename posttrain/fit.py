@@ -1,0 +1,205 @@
+"""`posttrain plan`: will a recipe fit a GPU? The estimate of posttrain.plan against the GPU's usable memory, the
+verdict, and the recipe changes that would make it fit, largest saving first. The training commands run the same
+check on a GPU before loading anything, and warn."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from posttrain.memory import GIB
+from posttrain.plan import Models, estimate
+from posttrain.precision import Hardware, choose_precision, detect_hardware
+from posttrain.recipe import Recipe
+
+
+@dataclass(frozen=True)
+class GPU:
+    name: str
+    memory_gib: float  # total memory, as nvidia-smi reports it
+    capability: tuple[int, int]
+
+    @property
+    def hardware(self) -> Hardware:
+        return Hardware("cuda", self.name, self.capability)
+
+
+GPUS = {
+    "t4": GPU("NVIDIA T4", 15.0, (7, 5)),
+    "l4": GPU("NVIDIA L4", 22.5, (8, 9)),
+    "a10g": GPU("NVIDIA A10G", 22.5, (8, 6)),
+    "a100-40gb": GPU("NVIDIA A100 40GB", 40.0, (8, 0)),
+    "a100-80gb": GPU("NVIDIA A100 80GB", 80.0, (8, 0)),
+    "h100": GPU("NVIDIA H100 80GB", 79.6, (9, 0)),
+}
+CUDA_CONTEXT_GIB = 0.5  # CUDA context and kernels: on the GPU, outside what PyTorch allocates
+WANTED_HEADROOM = 0.10  # of usable memory, for the caching allocator's fragmentation
+
+
+@dataclass
+class Verdict:
+    usable: int  # bytes PyTorch can have on this GPU
+    peak: int
+
+    @property
+    def headroom(self) -> int:
+        return self.usable - self.peak
+
+    @property
+    def fits(self) -> bool:
+        return self.headroom >= 0
+
+    def line(self, gpu_name: str) -> str:
+        room = f"{self.headroom / GIB:.1f} GiB headroom of {self.usable / GIB:.1f} GiB usable"
+        if not self.fits:
+            over = f"{-self.headroom / GIB:.1f} GiB"
+            return f"does not fit on {gpu_name}: {over} over its {self.usable / GIB:.1f} GiB usable"
+        if self.headroom < WANTED_HEADROOM * self.usable:
+            return f"fits on {gpu_name}, but tight ({room}; fragmentation may push it over)"
+        return f"fits on {gpu_name} ({room})"
+
+
+def verdict(peak: int, memory_gib: float) -> Verdict:
+    return Verdict(int((memory_gib - CUDA_CONTEXT_GIB) * GIB), peak)
+
+
+def _halve_batch(recipe: Recipe) -> None:
+    train = recipe.train
+    train["per_device_train_batch_size"] = train.get("per_device_train_batch_size", 4) // 2
+    train["gradient_accumulation_steps"] = train.get("gradient_accumulation_steps", 1) * 2
+
+
+def _halve_ppo_batch(recipe: Recipe) -> None:
+    s = recipe.ppo
+    s.batch_size //= 2
+    while s.batch_size % s.mini_batch_size:
+        s.mini_batch_size //= 2
+
+
+def _halve_rank(recipe: Recipe) -> None:
+    recipe.lora.r, recipe.lora.alpha = recipe.lora.r // 2, max(1, recipe.lora.alpha // 2)
+
+
+def _changes(recipe: Recipe, models: Models) -> list[tuple[str, Callable[[Recipe], None]]]:
+    """Recipe changes that lower the peak without changing what is learned much: (--set text, apply)."""
+    changes = []
+    train = recipe.train
+    if recipe.method == "ppo":
+        s = recipe.ppo
+        if s.mini_batch_size > 1:
+            changes.append(("ppo.mini_batch_size=1", lambda r: setattr(r.ppo, "mini_batch_size", 1)))
+        if s.batch_size > 1:
+            changes.append((f"ppo.batch_size={s.batch_size // 2}", _halve_ppo_batch))
+    else:
+        if recipe.method == "rs" and recipe.rs.batch_size > 1:
+            changes.append(
+                (
+                    f"rs.batch_size={recipe.rs.batch_size // 2}",
+                    lambda r: setattr(r.rs, "batch_size", r.rs.batch_size // 2),
+                )
+            )
+        if not train.get("activation_checkpointing", train.get("gradient_checkpointing", True)):
+            changes.append(
+                ("train.activation_checkpointing=true", lambda r: r.train.update(activation_checkpointing=True))
+            )
+        batch = train.get("per_device_train_batch_size", 4)
+        if batch > 1:
+            accumulation = train.get("gradient_accumulation_steps", 1) * 2
+            text = f"train.per_device_train_batch_size={batch // 2} train.gradient_accumulation_steps={accumulation}"
+            changes.append((text, _halve_batch))
+        if "8bit" not in train.get("optim", "adamw_torch_fused"):
+            changes.append(("train.optim=paged_adamw_8bit", lambda r: r.train.update(optim="paged_adamw_8bit")))
+    if models.policy.lora is None and recipe.lora.r >= 8:
+        changes.append((f"lora.r={recipe.lora.r // 2} lora.alpha={max(1, recipe.lora.alpha // 2)}", _halve_rank))
+    return changes
+
+
+def _longest_fitting_length(recipe: Recipe, models: Models, precision: str, budget: int) -> int | None:
+    """The largest data.max_length (a multiple of 64) whose peak stays within `budget`, if below the recipe's."""
+    shortest = 64 + (getattr(recipe, recipe.method).max_new_tokens if recipe.method in ("ppo", "rs") else 0)
+
+    def peak(length: int) -> int:
+        changed = copy.deepcopy(recipe)
+        changed.data.max_length = length
+        return estimate(changed, models, precision).total
+
+    low, high = shortest // 64, (recipe.data.max_length - 1) // 64
+    if high < low or peak(low * 64) > budget:
+        return None
+    while low < high:  # the peak grows with the length: bisect on multiples of 64
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if peak(middle * 64) <= budget else (low, middle - 1)
+    return low * 64
+
+
+def suggestions(recipe: Recipe, models: Models, precision: str, usable: int) -> list[tuple[str, int, int]]:
+    """(--set changes, saving, new peak) of each change that lowers the peak, largest saving first."""
+    before = estimate(recipe, models, precision).total
+    found = []
+    for text, change in _changes(recipe, models):
+        changed = copy.deepcopy(recipe)
+        change(changed)
+        after = estimate(changed, models, precision).total
+        if after < before:
+            found.append((text, before - after, after))
+    length = _longest_fitting_length(recipe, models, precision, int(usable * (1 - WANTED_HEADROOM)))
+    if length is not None:
+        changed = copy.deepcopy(recipe)
+        changed.data.max_length = length
+        after = estimate(changed, models, precision).total
+        found.append((f"data.max_length={length}", before - after, after))
+    return sorted(found, key=lambda item: -item[1])
+
+
+# ---------------------------------------------------------------- what the commands print
+
+
+def plan_lines(recipe: Recipe, gpu_name: str, memory_gib: float, hardware: Hardware) -> tuple[list[str], Verdict]:
+    """The report of `posttrain plan`: each phase's terms, the verdict, and the changes that would make it fit."""
+    precision = choose_precision(recipe.model.precision, hardware)
+    models = Models.of(recipe)
+    result = estimate(recipe, models, precision)
+    shape = models.policy.shape
+    lines = [
+        f"plan        {recipe.method} {recipe.source} on {gpu_name} ({memory_gib:g} GiB), {precision}",
+        f"model       {models.policy.base}: {shape.layers} layers, hidden {shape.hidden}, vocabulary {shape.vocab}",
+    ]
+    for phase in result.phases:
+        peak = " (the peak)" if phase is result.peak and len(result.phases) > 1 else ""
+        lines.append(f"{phase.name}{peak}")
+        lines += [f"  {t.name:<24} {t.bytes / GIB:7.2f} GiB  {t.note}".rstrip() for t in phase.terms]
+        lines.append(f"  {'total':<24} {phase.total / GIB:7.2f} GiB")
+    found = verdict(result.total, memory_gib)
+    lines.append(f"verdict     {found.line(gpu_name)}")
+    if found.headroom < WANTED_HEADROOM * found.usable:
+        advice = suggestions(recipe, models, precision, found.usable)
+        lines += ["to fit, largest saving first (each alone):"] + [
+            f"  --set {text.replace(' ', ' --set ')}   saves {saving / GIB:.2f} GiB -> {after / GIB:.2f} GiB"
+            for text, saving, after in advice
+        ]
+    return lines, found
+
+
+def warn_if_too_big(recipe: Recipe, echo: Callable[[str], None], memory_gib: float | None = None) -> None:
+    """Before a training command loads anything on a GPU: say so when the plan predicts it will not fit."""
+    from posttrain.errors import UserError
+
+    hardware = detect_hardware()
+    if hardware.device != "cuda" and memory_gib is None:
+        return  # the estimate is of GPU memory
+    if memory_gib is None:
+        import torch
+
+        memory_gib = torch.cuda.get_device_properties(0).total_memory / GIB
+    try:
+        precision = choose_precision(recipe.model.precision, hardware)
+        peak = estimate(recipe, Models.of(recipe), precision, cuda=True).total
+    except UserError:
+        return  # what keeps the estimate from reading the model, the method's own checks report next
+    found = verdict(peak, memory_gib)
+    if not found.fits:
+        echo(
+            f"warning     predicted peak {peak / GIB:.1f} GiB: {found.line(hardware.name)}. It will likely run out "
+            f"of memory; `posttrain plan {recipe.source} --memory-gb {memory_gib:.0f}` shows what to change."
+        )
