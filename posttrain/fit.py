@@ -91,6 +91,10 @@ def _changes(recipe: Recipe, models: Models) -> list[tuple[str, Callable[[Recipe
             changes.append(("ppo.mini_batch_size=1", lambda r: setattr(r.ppo, "mini_batch_size", 1)))
         if s.batch_size > 1:
             changes.append((f"ppo.batch_size={s.batch_size // 2}", _halve_ppo_batch))
+        if not s.activation_checkpointing:
+            changes.append(
+                ("ppo.activation_checkpointing=true", lambda r: setattr(r.ppo, "activation_checkpointing", True))
+            )
     else:
         if recipe.method == "rs" and recipe.rs.batch_size > 1:
             changes.append(

@@ -59,14 +59,18 @@ def _weights(phase: Phase, recipe: Recipe, shape: ModelShape, dense_bytes: int, 
     phase.add(f"base weights ({quant})", weights, f"{note}; embeddings and norms in {dense_bytes * 8}-bit")
 
 
-def _activations(phase: Phase, shape: ModelShape, tokens: int, layer: int, p: Precision, checkpointed: bool) -> None:
-    """Checkpointed, each layer keeps only its input and one layer is recomputed (with its gradients) at a time."""
+def _activations(
+    phase: Phase, shape: ModelShape, tokens: int, layer: int, p: Precision, checkpointed: bool, passes: int = 1
+) -> None:
+    """Checkpointed, each layer keeps only its input and one layer is recomputed (with its gradients) at a time.
+    PPO makes two passes (policy and value) before its backward pass."""
     kept = {
-        True: tokens * (shape.layers * p.residual * shape.hidden + 2 * layer),
-        False: tokens * (shape.layers + 1) * layer,
+        True: tokens * (passes * shape.layers * p.residual * shape.hidden + 2 * layer),
+        False: passes * tokens * (shape.layers + 1) * layer,
     }
     other = f"{kept[not checkpointed] / GIB:.2f} GiB {'without' if checkpointed else 'with'} checkpointing"
-    phase.add("activations", kept[checkpointed], f"{tokens} tokens; {other}")
+    which = "policy and value passes, " if passes == 2 else ""
+    phase.add("activations", kept[checkpointed], f"{which}{tokens} tokens; {other}")
 
 
 def training(recipe: Recipe, models: Models, precision: str, cuda: bool = True) -> Phase:
@@ -121,7 +125,7 @@ def _kv_cache(shape: ModelShape, sequences: int, length: int, p: Precision) -> i
 
 def ppo_phases(recipe: Recipe, models: Models, precision: str, cuda: bool = True) -> list[Phase]:
     """PPO's three peaks: generating a rollout batch, scoring it (policy and reference logits at once), and
-    optimising one mini-batch through the policy and the value network (no checkpointing)."""
+    optimising one mini-batch through the policy and the value network."""
     s, shape, length = recipe.ppo, models.policy.shape, recipe.data.max_length
     p = Precision.of(precision, recipe.model.quantization != "none", cuda)
     phases = []
@@ -139,10 +143,9 @@ def ppo_phases(recipe: Recipe, models: Models, precision: str, cuda: bool = True
     r, targets = _adapter_r(recipe, models.policy)
     tokens = s.mini_batch_size * length
     layer = layer_activation_bytes(shape, r, shape.lora_targets(targets), p, dropout=False)  # eval mode
-    optimisation.add(
-        "activations", 2 * tokens * (shape.layers + 1) * layer, "policy and value passes, no checkpointing"
-    )
-    optimisation.add("logits", tokens * logits_bytes_per_token(shape, p), f"{s.mini_batch_size} sequences")
+    _activations(optimisation, shape, tokens, layer, p, s.activation_checkpointing, passes=2)
+    sequences = f"{s.mini_batch_size} sequence{'s' if s.mini_batch_size > 1 else ''}"
+    optimisation.add("logits", tokens * logits_bytes_per_token(shape, p), sequences)
     if p.mixed:
         optimisation.add("LM head cast", shape.vocab * shape.hidden * p.compute, "autocast copy of the fp32 LM head")
     return phases

@@ -149,6 +149,9 @@ class PPOSection(SamplingSection):
     value_loss_coef: float = field(default=0.1, metadata=_help("weight of the value loss"))
     whiten_rewards: bool = field(default=True, metadata=_help("whiten the scores per batch (Llama 2)"))
     max_grad_norm: float = field(default=1.0, metadata=_help("gradient clipping"))
+    activation_checkpointing: bool = field(
+        default=True, metadata=_help("recompute each layer in the backward pass: less memory, slower optimisation")
+    )
     save_steps: int = field(default=10, metadata=_help("checkpoint every this many steps"))
 
     def __post_init__(self) -> None:

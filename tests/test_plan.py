@@ -122,6 +122,11 @@ def test_ppo_plan_has_generation_scoring_and_optimisation():
     result = plan("llama2-7b/ppo-qlora-t4")
     for text in ("generation", "KV cache", "scoring", "optimisation", "value adapter + head", "reward adapter"):
         assert text in result.output
+    without = plan("llama2-7b/ppo-qlora-t4", "--set", "ppo.activation_checkpointing=false").output
+    assert "does not fit" in without and "optimisation (the peak)" in without
+    assert (
+        without.split("largest saving first")[1].splitlines()[1].startswith("  --set ppo.activation_checkpointing=true")
+    )
 
 
 def test_memory_gb_replaces_the_gpu_table():

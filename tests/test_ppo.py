@@ -82,6 +82,33 @@ def test_policy_and_value_train_while_reference_reward_and_base_stay_frozen(tmp_
     assert any(".reference." in n for n in before) and any(".reward_reward." in n for n in before)
 
 
+def forward_keeping(shared, batch: dict) -> tuple[tuple, int]:
+    """The policy logits and values, and the bytes autograd keeps for the backward pass."""
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda x: saved.append(x.nbytes) or x, lambda x: x):
+        return shared(**batch), sum(saved)
+
+
+def test_checkpointed_layers_give_the_same_gradients_and_keep_far_less(tmp_path, runs):
+    """Each decoder layer is recomputed in the backward pass under the adapter it ran with, although the policy
+    and value passes use different adapters: the gradients are those of a run that keeps every activation."""
+    recipe = load_recipe(str(ppo_recipe(tmp_path, runs)))
+    stage, _, rewards = ppo.prepare(recipe)
+    ids = torch.randint(3, 1000, (2, 24), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "position_ids": torch.arange(24).expand(2, 24)}
+    grads, kept = {}, {}
+    for checkpointed in (False, True):
+        recipe.ppo.activation_checkpointing = checkpointed
+        shared = ppo.build_shared_model(stage, rewards).eval()
+        (logits, values), kept[checkpointed] = forward_keeping(shared, batch)
+        (logits.float().log_softmax(-1)[..., 7].mean() + values.mean()).backward()
+        grads[checkpointed] = {n: p.grad for n, p in shared.named_parameters() if p.requires_grad}
+    assert any(".value." in n for n in grads[True]) and any(".policy." in n for n in grads[True])
+    for name, grad in grads[False].items():
+        torch.testing.assert_close(grads[True][name], grad, rtol=1e-5, atol=1e-7, msg=name)
+    assert kept[True] < kept[False] / 2  # the layers' tensors are recomputed, not kept
+
+
 def test_resume_reproduces_the_uninterrupted_run(tmp_path, runs):
     path = ppo_recipe(tmp_path, runs, steps=4, save_steps=2)
     assert CliRunner().invoke(app, ["ppo", str(path)]).exit_code == 0

@@ -113,6 +113,8 @@ def build_shared_model(stage: Stage, rewards: dict[str, Path]):
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
     shared = SharedModel.build(base, lora, stage.adapter, rewards)
     keep_trainable_fp32(shared)
+    if stage.recipe.ppo.activation_checkpointing:
+        shared.checkpoint_layers()
     return shared
 
 

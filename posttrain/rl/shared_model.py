@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 POLICY, REFERENCE, VALUE = "policy", "reference", "value"
 
@@ -48,6 +49,7 @@ class SharedModel(nn.Module):
         self.value_head = value_head  # None when only sampling (rejection sampling trains nothing here)
         self.reward_heads = nn.ModuleDict(reward_heads)
         self.has_reference = has_reference
+        self.checkpointed_layers: list[nn.Module] = []
 
     @classmethod
     def build(cls, base, lora_config, sft_adapter: Path | None, reward_adapters: dict[str, Path]) -> SharedModel:
@@ -85,7 +87,7 @@ class SharedModel(nn.Module):
         """Run with one adapter active (None: the bare base). PEFT's switch also flips requires_grad, so the
         trainable set is restored afterwards."""
         peft = self.peft
-        previous = peft.active_adapter
+        previous = peft.base_model.active_adapter  # set_adapter below leaves the PeftModel's own record as it was
         try:
             if name is None:
                 with peft.disable_adapter():
@@ -97,19 +99,53 @@ class SharedModel(nn.Module):
             peft.base_model.set_adapter(previous)
             self.freeze_all_but_policy_and_value()
 
+    # ------------------------------------------------------------ activation checkpointing
+
+    def checkpoint_layers(self) -> None:
+        """Keep only each decoder layer's input in the policy and value passes and recompute the layer in the
+        backward pass. transformers' own switch cannot be used as it is: it recomputes a layer under whichever
+        adapter is active during the backward pass, which for one of the two passes is the wrong one."""
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        self.checkpointed_layers = [m for m in self.peft.modules() if isinstance(m, GradientCheckpointingLayer)]
+        for layer in self.checkpointed_layers:
+            layer.gradient_checkpointing = True
+            layer._gradient_checkpointing_func = self._checkpoint
+        self.train(self.training)
+
+    def _checkpoint(self, layer_forward, *inputs):
+        name = self.peft.base_model.active_adapter
+
+        def under_the_same_adapter(*inputs):
+            if self.peft.base_model.active_adapter == name:  # always in the forward pass
+                return layer_forward(*inputs)
+            with self.adapter(name):
+                return layer_forward(*inputs)
+
+        return checkpoint(under_the_same_adapter, *inputs, use_reentrant=False)
+
+    def train(self, mode: bool = True) -> SharedModel:
+        """PPO runs in eval mode (no dropout); transformers checkpoints a layer only in training mode, so the
+        checkpointed layers alone stay in it (a decoder layer has no dropout of its own; its modules follow mode)."""
+        super().train(mode)
+        for layer in self.checkpointed_layers:
+            layer.training = True
+        return self
+
     # ------------------------------------------------------------ networks
 
-    # Sequences are left-padded queries followed by responses, so positions come from the attention mask.
+    # Sequences are left-padded queries followed by responses, so positions come from the attention mask. Only
+    # generate() needs a KV cache.
 
     def _last_hidden(self, batch: dict) -> torch.Tensor:
         backbone = self.peft.base_model.model.model  # the transformer, without the LM head
-        return backbone(**batch).last_hidden_state
+        return backbone(**batch, use_cache=False).last_hidden_state
 
     def forward(self, input_ids, attention_mask, position_ids):
         """(policy logits, value per token) for a batch of query+response sequences."""
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
         with self.adapter(POLICY):
-            logits = self.peft(**batch).logits
+            logits = self.peft(**batch, use_cache=False).logits
         with self.adapter(VALUE):
             values = self.value_head(self._last_hidden(batch).float()).squeeze(-1)
         return logits, values
@@ -117,7 +153,7 @@ class SharedModel(nn.Module):
     @torch.no_grad()
     def reference_logits(self, batch: dict) -> torch.Tensor:
         with self.adapter(REFERENCE if self.has_reference else None):
-            return self.peft(**batch).logits
+            return self.peft(**batch, use_cache=False).logits
 
     @torch.no_grad()
     def scores(self, role: str, batch: dict, last_index: torch.Tensor) -> torch.Tensor:
