@@ -1,6 +1,7 @@
 """PPO and rejection-sampling speed on smollm2-135m with the shipped recipes (recipes/smollm2-135m/{ppo,rs}.yaml),
 on this machine: seconds per PPO step split into generation / scoring / optimisation, seconds per rejection-sampling
-round split into sampling+scoring / fine-tuning, and each command's peak resident memory.
+round split into sampling+scoring / fine-tuning, and each command's peak resident memory. PPO runs twice: with
+activation checkpointing (the default) and without.
 
 The SFT and reward runs they start from are the shipped recipes cut to a few steps (their quality does not change
 the cost of a step). Each command runs as its own process, as a user runs it. Writes benchmarks/results/rl_speed.json.
@@ -51,16 +52,20 @@ def main() -> None:
     posttrain("reward", "smollm2-135m/reward", "--set", "train.max_steps=4", "--output-dir", str(reward))
     chain = ["--set", f"model.name={sft}"]
 
-    ppo = posttrain(
-        "ppo", "smollm2-135m/ppo", *chain, "--set", f"ppo.reward={reward}",
-        "--set", f"ppo.steps={args.ppo_steps}", "--output-dir", str(work / "ppo"),
-    )  # fmt: skip
-    steps = json.loads((work / "ppo" / "metrics.json").read_text())["steps"][1:]
-    ppo |= {
-        key: mean([s[key] for s in steps]) for key in ("generation_s", "scoring_s", "optimisation_s", "response_length")
-    }
-    ppo["s_per_step"] = round(ppo["generation_s"] + ppo["scoring_s"] + ppo["optimisation_s"], 2)
-    ppo["timed_steps"] = len(steps)
+    ppo = {}
+    for checkpointing in ("true", "false"):  # the default, then keeping every activation
+        folder = work / f"ppo-checkpointing-{checkpointing}"
+        run = posttrain(
+            "ppo", "smollm2-135m/ppo", *chain, "--set", f"ppo.reward={reward}",
+            "--set", f"ppo.steps={args.ppo_steps}", "--set", f"ppo.activation_checkpointing={checkpointing}",
+            "--output-dir", str(folder),
+        )  # fmt: skip
+        steps = json.loads((folder / "metrics.json").read_text())["steps"][1:]
+        keys = ("generation_s", "scoring_s", "optimisation_s", "response_length")
+        run |= {key: mean([s[key] for s in steps]) for key in keys}
+        run["s_per_step"] = round(run["generation_s"] + run["scoring_s"] + run["optimisation_s"], 2)
+        run["timed_steps"] = len(steps)
+        ppo[f"activation_checkpointing_{checkpointing}"] = run
 
     prompts = work / "prompts.jsonl"
     rows = read_rows("builtin:pirate_sft")[: args.rs_prompts]
