@@ -97,6 +97,12 @@ def side_by_side(questions: list[str], columns: dict[str, list[str]]) -> None:
     display(HTML(f"<table><tr>{head}</tr>{body}</table>"))
 
 
+def compare_replies(files: dict[str, str]) -> None:
+    """`posttrain generate` outputs side by side, one row per question of QUESTIONS: {column title: replies file}."""
+    answers = {title: replies(path) for title, path in files.items()}
+    side_by_side(QUESTIONS, {title: [answer[q] for q in QUESTIONS] for title, answer in answers.items()})
+
+
 def show_folder(folder: str) -> None:
     """The files and folders directly inside `folder`."""
     for path in sorted(Path(folder).iterdir()):

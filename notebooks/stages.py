@@ -124,11 +124,7 @@ SFT = dict(
         """),
         py("""
             sh(f"posttrain generate {SFT_RUN} {GENERATE} --output replies/sft.jsonl")
-            base, sft = replies("replies/base.jsonl"), replies("replies/sft.jsonl")
-            side_by_side(
-                QUESTIONS,
-                {"base model": [base[q] for q in QUESTIONS], "after SFT": [sft[q] for q in QUESTIONS]},
-            )
+            compare_replies({"base model": "replies/base.jsonl", "after SFT": "replies/sft.jsonl"})
         """),
         md("""
             ## Where the outputs are
@@ -369,11 +365,7 @@ DPO = dict(
         """),
         py("""
             sh(f"posttrain generate {DPO_RUN} {GENERATE} --output replies/dpo.jsonl")
-            sft, dpo = replies("replies/sft.jsonl"), replies("replies/dpo.jsonl")
-            side_by_side(
-                QUESTIONS,
-                {"SFT": [sft[q] for q in QUESTIONS], "after DPO": [dpo[q] for q in QUESTIONS]},
-            )
+            compare_replies({"SFT": "replies/sft.jsonl", "after DPO": "replies/dpo.jsonl"})
         """),
         md("""
             ## Where the outputs are
@@ -445,11 +437,7 @@ ORPO = dict(
         """),
         py("""
             sh(f"posttrain generate {ORPO_RUN} {GENERATE} --output replies/orpo.jsonl")
-            base, orpo = replies("replies/base.jsonl"), replies("replies/orpo.jsonl")
-            side_by_side(
-                QUESTIONS,
-                {"base model": [base[q] for q in QUESTIONS], "after ORPO": [orpo[q] for q in QUESTIONS]},
-            )
+            compare_replies({"base model": "replies/base.jsonl", "after ORPO": "replies/orpo.jsonl"})
         """),
         md("""
             ## Where the outputs are
