@@ -124,9 +124,8 @@ def test_ppo_plan_has_generation_scoring_and_optimisation():
         assert text in result.output
     without = plan("llama2-7b/ppo-qlora-t4", "--set", "ppo.activation_checkpointing=false").output
     assert "does not fit" in without and "optimisation (the peak)" in without
-    assert (
-        without.split("largest saving first")[1].splitlines()[1].startswith("  --set ppo.activation_checkpointing=true")
-    )
+    advice = without.split("largest saving first")[1].splitlines()
+    assert advice[1].startswith("  --set ppo.activation_checkpointing=true")
 
 
 def test_memory_gb_replaces_the_gpu_table():

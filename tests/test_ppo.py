@@ -89,10 +89,11 @@ def forward_keeping(shared, batch: dict) -> tuple[tuple, int]:
         return shared(**batch), sum(saved)
 
 
-def test_checkpointed_layers_give_the_same_gradients_and_keep_far_less(tmp_path, runs):
+@pytest.mark.parametrize("quantization", ["none", "nf4"])
+def test_checkpointed_layers_give_the_same_gradients_and_keep_far_less(tmp_path, runs, quantization):
     """Each decoder layer is recomputed in the backward pass under the adapter it ran with, although the policy
     and value passes use different adapters: the gradients are those of a run that keeps every activation."""
-    recipe = load_recipe(str(ppo_recipe(tmp_path, runs)))
+    recipe = load_recipe(str(ppo_recipe(tmp_path, runs, quantization=quantization)))
     stage, _, rewards = ppo.prepare(recipe)
     ids = torch.randint(3, 1000, (2, 24), generator=torch.Generator().manual_seed(0))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "position_ids": torch.arange(24).expand(2, 24)}
