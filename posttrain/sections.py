@@ -73,7 +73,10 @@ class DataSection:
         if self.eval and self.eval_fraction:
             raise UserError("set data.eval or data.eval_fraction, not both.")
         if self.eval_fraction is not None and not 0 < self.eval_fraction < 1:
-            raise UserError(f"data.eval_fraction must be between 0 and 1, got {self.eval_fraction}.")
+            raise UserError(
+                f"data.eval_fraction must be above 0 and below 1, got {self.eval_fraction}; "
+                "null (the default) holds nothing out."
+            )
         if self.max_length < 8:
             raise UserError(f"data.max_length must be at least 8 tokens, got {self.max_length}.")
 

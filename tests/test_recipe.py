@@ -50,6 +50,11 @@ def test_wrong_type_names_key_and_expectation(write_recipe):
         load_recipe(str(write_recipe(train={"learning_rate": "fast"})))
 
 
+def test_eval_fraction_of_zero_says_how_to_hold_nothing_out(write_recipe):
+    with pytest.raises(UserError, match=r"eval_fraction must be above 0 and below 1, got 0; null \(the default\)"):
+        load_recipe(str(write_recipe(data={"train": "builtin:pirate_sft", "eval_fraction": 0})))
+
+
 def test_yaml_syntax_error_reports_line(tmp_path):
     path = tmp_path / "broken.yaml"
     path.write_text("method: sft\nmodel:\n  name: [unclosed\ndata: {}\n")
