@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from posttrain.memory import GIB
-from posttrain.plan import Models, estimate
+from posttrain.plan import Models, estimate, trains_checkpointed
 from posttrain.precision import Hardware, choose_precision, detect_hardware
 from posttrain.recipe import Recipe
 
@@ -103,7 +103,7 @@ def _changes(recipe: Recipe, models: Models) -> list[tuple[str, Callable[[Recipe
                     lambda r: setattr(r.rs, "batch_size", r.rs.batch_size // 2),
                 )
             )
-        if not train.get("activation_checkpointing", train.get("gradient_checkpointing", True)):
+        if not trains_checkpointed(train):
             changes.append(
                 ("train.activation_checkpointing=true", lambda r: r.train.update(activation_checkpointing=True))
             )

@@ -73,6 +73,11 @@ def _activations(
     phase.add("activations", kept[checkpointed], f"{which}{tokens} tokens; {other}")
 
 
+def trains_checkpointed(train: dict) -> bool:
+    """Whether a TRL run recomputes activations (on unless the recipe's train: section turns it off)."""
+    return bool(train.get("activation_checkpointing", train.get("gradient_checkpointing", True)))
+
+
 def training(recipe: Recipe, models: Models, precision: str, cuda: bool = True) -> Phase:
     """A TRL training run (sft, reward, dpo, orpo; rs's fine-tuning): weights, adapters, gradients, optimizer
     states, activations and logits of one micro-batch."""
@@ -93,8 +98,7 @@ def training(recipe: Recipe, models: Models, precision: str, cuda: bool = True) 
     batch = train.get("per_device_train_batch_size", 4)
     tokens = batch * sequences * recipe.data.max_length
     layer = layer_activation_bytes(shape, r, shape.lora_targets(targets), p, dropout=recipe.lora.dropout > 0)
-    checkpointed = bool(train.get("activation_checkpointing", train.get("gradient_checkpointing", True)))
-    _activations(phase, shape, tokens, layer, p, checkpointed)
+    _activations(phase, shape, tokens, layer, p, trains_checkpointed(train))
     if not reward:
         phase.add("logits", tokens * logits_bytes_per_token(shape, p), f"{tokens} tokens x {shape.vocab} vocabulary")
         if p.mixed:
