@@ -27,7 +27,8 @@ import torch
 
 RESULTS = Path(__file__).parent / "results" / "plan_vs_measured.json"
 CONFIG = Path(__file__).parent.parent / "posttrain" / "models" / "configs" / "llama-2-7b.json"
-METHODS = ("sft", "reward", "dpo", "orpo", "rs", "ppo")  # in this order: dpo, rs and ppo start from earlier runs
+METHODS = ("sft", "reward", "dpo", "orpo", "rs", "ppo")  # in this order: some start from earlier runs
+STARTS_FROM = {"dpo": ("sft",), "rs": ("sft", "reward"), "ppo": ("sft", "reward")}
 TEMPLATE_ROOM = 32  # tokens left for the chat template around the synthetic text (it adds about 20)
 
 
@@ -86,8 +87,7 @@ def settings_of(method: str, base: Path, work: Path, rows: Path) -> list[str]:
         settings.append(f"data.eval={rows}")
     if method != "ppo":
         settings += ["train.max_steps=3", "train.save_steps=1000", "train.logging_steps=1"]
-    start = {"dpo": work / "sft", "rs": work / "sft", "ppo": work / "sft"}.get(method, base)
-    settings.append(f"model.name={start}")
+    settings.append(f"model.name={work / 'sft' if method in STARTS_FROM else base}")
     if method == "rs":
         settings += [f"rs.reward={work / 'reward'}", "rs.iterations=1"]
     if method == "ppo":
@@ -158,9 +158,9 @@ def main() -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     results = {}
+    needed = set(args.methods).union(*(STARTS_FROM.get(method, ()) for method in args.methods))
     for method in METHODS:
-        needed = method in args.methods or (method in ("sft", "reward") and set(args.methods) & {"dpo", "rs", "ppo"})
-        if needed:
+        if method in needed:
             rows = write_rows(work / f"{method}.jsonl", method, tokenizer)
             shutil.rmtree(work / method, ignore_errors=True)
             results[method] = measure(method, settings_of(method, base, work, rows), work / method)
