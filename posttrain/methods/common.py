@@ -129,6 +129,7 @@ def prepare_method(recipe: Recipe, defaults: dict, preference: bool = False, mar
 
 def trl_trainer(trainer_cls: type, config, stage: Stage, data: PreparedData, task_type: str = "CAUSAL_LM", **extra):
     """A TRL trainer on the 4-bit base with its LoRA adapter, the prepared data and the run's TensorBoard logs."""
+    seed_everything(config.seed)  # before the adapter's (and a score head's) random init, not only in the trainer
     return trainer_cls(
         model=load_trainable_model(stage, task_type),
         args=config,
@@ -137,6 +138,13 @@ def trl_trainer(trainer_cls: type, config, stage: Stage, data: PreparedData, tas
         **datasets_of(data),
         **extra,
     )
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (every device) so a run's random draws follow from its recipe's seed."""
+    from transformers import set_seed
+
+    set_seed(seed)
 
 
 def trl_config(config_cls: type, stage: Stage):

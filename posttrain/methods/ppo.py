@@ -12,7 +12,7 @@ from pathlib import Path
 
 from posttrain.data.prompts import read_prompts, too_long_message
 from posttrain.errors import UserError
-from posttrain.methods.common import Stage, prepare_stage, start_run
+from posttrain.methods.common import Stage, prepare_stage, seed_everything, start_run
 from posttrain.models.loading import load_base_model, method_of_run, resolve_model
 from posttrain.precision import keep_trainable_fp32
 from posttrain.recipe import Recipe
@@ -108,6 +108,7 @@ def build_shared_model(stage: Stage, rewards: dict[str, Path]):
 
     from posttrain.rl.shared_model import SharedModel
 
+    seed_everything(stage.recipe.ppo.seed)  # a new policy adapter's init follows the recipe's seed
     base, lora = load_base(stage)
     if getattr(base, "hf_quantizer", None) is not None:
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
