@@ -2,7 +2,7 @@
 VENV ?= .venv
 INSTALLED := $(VENV)/.posttrain-installed
 
-.PHONY: quickstart test lint
+.PHONY: quickstart test test-fast lint
 
 quickstart: $(INSTALLED)
 	$(VENV)/bin/posttrain quickstart
@@ -10,7 +10,14 @@ quickstart: $(INSTALLED)
 test: $(INSTALLED)
 	bash scripts/setup.sh --browser
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest
+
+# The inner loop: lint, then every test not marked slow (no smollm2-135m runs, no notebook runs).
+test-fast: $(INSTALLED)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/pytest -m "not slow"
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 
+from posttrain.methods import METHODS
+
 RESULTS = Path(__file__).parent / "results" / "plan_vs_measured.json"
 CONFIG = Path(__file__).parent.parent / "posttrain" / "models" / "configs" / "llama-2-7b.json"
-METHODS = ("sft", "reward", "dpo", "orpo", "rs", "ppo")  # in this order: some start from earlier runs
-STARTS_FROM = {"dpo": ("sft",), "rs": ("sft", "reward"), "ppo": ("sft", "reward")}
 TEMPLATE_ROOM = 32  # tokens left for the chat template around the synthetic text (it adds about 20)
 
 
@@ -83,11 +83,12 @@ def settings_of(method: str, base: Path, work: Path, rows: Path) -> list[str]:
     """--set overrides that point a shipped recipe at the random model, the synthetic rows and the earlier runs."""
     precision = "model.precision=fp16" if torch.cuda.is_available() else "model.precision=auto"
     settings = [precision, f"data.train={rows}"]
-    if method in ("reward", "dpo", "orpo"):
+    about = METHODS[method]
+    if about.data == "preference":
         settings.append(f"data.eval={rows}")
-    if method != "ppo":
+    if about.train_config is not None:
         settings += ["train.max_steps=3", "train.save_steps=1000", "train.logging_steps=1"]
-    settings.append(f"model.name={work / 'sft' if method in STARTS_FROM else base}")
+    settings.append(f"model.name={work / 'sft' if 'sft' in about.starts_from else base}")
     if method == "rs":
         settings += [f"rs.reward={work / 'reward'}", "rs.iterations=1"]
     if method == "ppo":
@@ -96,8 +97,8 @@ def settings_of(method: str, base: Path, work: Path, rows: Path) -> list[str]:
 
 
 def predicted(recipe_name: str, settings: list[str], output: Path) -> dict:
-    from posttrain.memory import GIB
-    from posttrain.plan import Models, estimate
+    from posttrain.plan.estimate import Models, estimate
+    from posttrain.plan.memory import GIB
     from posttrain.precision import choose_precision, detect_hardware
     from posttrain.recipe import load_recipe
 
@@ -158,8 +159,8 @@ def main() -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     results = {}
-    needed = set(args.methods).union(*(STARTS_FROM.get(method, ()) for method in args.methods))
-    for method in METHODS:
+    needed = set(args.methods).union(*(METHODS[method].starts_from for method in args.methods))
+    for method in METHODS:  # the table lists a method after the ones it starts from
         if method in needed:
             rows = write_rows(work / f"{method}.jsonl", method, tokenizer)
             shutil.rmtree(work / method, ignore_errors=True)

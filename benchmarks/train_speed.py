@@ -56,8 +56,6 @@ def long_texts() -> list[dict]:
 
 
 def run_posttrain(method: str, model_dir: str, quantization: str, steps: int, out: Path) -> dict:
-    import importlib
-
     from posttrain.methods.common import run_method
     from posttrain.recipe import build_recipe
 
@@ -84,8 +82,7 @@ def run_posttrain(method: str, model_dir: str, quantization: str, steps: int, ou
         }
     )
     timer = StepTimer()
-    module = importlib.import_module(f"posttrain.methods.{method}")
-    run_method(module, recipe, echo=lambda _: None, before_train=lambda trainer: trainer.add_callback(timer))
+    run_method(recipe, echo=lambda _: None, before_train=lambda trainer: trainer.add_callback(timer))
     return timer.summary(WARMUP, BATCH * TOKENS if method == "sft" else None)
 
 
@@ -182,7 +179,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    from posttrain.cli import quiet_libraries
+    from posttrain.cli.support import quiet_libraries
     from posttrain.models.loading import resolve_model
 
     quiet_libraries()

@@ -186,10 +186,27 @@ def code(text: str, **metadata):
     return nbformat.v4.new_code_cell(dedent(text).strip(), metadata=metadata)
 
 
-def notebook(title: str, cells: list[tuple[str, str]], extra: str = "") -> nbformat.NotebookNode:
-    """The shared opening (title, parameters, helpers, install, login), the stage's own cells, then Drive."""
+def commands_of(methods: tuple[str, ...]) -> str:
+    """What each training command of a notebook does and starts from, as posttrain's method table says."""
+    from posttrain.methods import METHODS
+
+    lines = []
+    for name in methods:
+        method = METHODS[name]
+        runs = " and ".join(method.starts_from) + (" runs" if len(method.starts_from) > 1 else " run")
+        after = f" It starts from the {runs}." if method.starts_from else ""
+        lines.append(f"- `posttrain {name}`: {method.help}{after}")
+    return "\n".join(["The commands this notebook runs:", "", *lines]) if lines else ""
+
+
+def notebook(
+    title: str, cells: list[tuple[str, str]], extra: str = "", methods: tuple[str, ...] = ()
+) -> nbformat.NotebookNode:
+    """The shared opening (title, the commands it runs, parameters, helpers, install, login), the stage's own
+    cells, then Drive."""
+    opening = "\n\n".join(part for part in (dedent(title).strip(), commands_of(methods), COLAB_RUNTIME) if part)
     book_cells = [
-        markdown(dedent(title).strip() + "\n\n" + COLAB_RUNTIME),
+        markdown(opening),
         code(PARAMETERS, tags=["parameters"]),
         markdown(
             "## Helpers\n\n`sh` runs a command and stops the notebook if it fails; the others read and show results."

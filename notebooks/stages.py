@@ -55,6 +55,7 @@ def sft_run_needed(notebook: str) -> list[tuple[str, str]]:
 # ------------------------------------------------------------------------------------------------------------ 01 SFT
 
 SFT = dict(
+    methods=("sft",),
     title="""
         # 1 · Supervised fine-tuning (SFT) of Llama 2 7B
 
@@ -145,6 +146,7 @@ SFT = dict(
 # -------------------------------------------------------------------------------------------- 02 reward, RS and PPO
 
 REWARD_RS_PPO = dict(
+    methods=("reward", "rs", "ppo"),
     title="""
         # 2 · RLHF: a reward model, rejection sampling and PPO
 
@@ -306,6 +308,7 @@ REWARD_RS_PPO = dict(
 # ------------------------------------------------------------------------------------------------------------ 03 DPO
 
 DPO = dict(
+    methods=("dpo",),
     title="""
         # 3 · DPO from the SFT run
 
@@ -381,6 +384,7 @@ DPO = dict(
 # ----------------------------------------------------------------------------------------------------------- 04 ORPO
 
 ORPO = dict(
+    methods=("orpo",),
     title="""
         # 4 · ORPO from the base model
 
@@ -490,9 +494,9 @@ CHAT_MERGE = dict(
 
             import torch
 
-            from posttrain.chat import run_chat
-            from posttrain.cli_support import quiet_libraries
-            from posttrain.generation import GenerationSettings
+            from posttrain.inference.chat import run_chat
+            from posttrain.cli.support import quiet_libraries
+            from posttrain.inference.generation import GenerationSettings
 
             quiet_libraries()
             settings = GenerationSettings(

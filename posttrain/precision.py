@@ -1,4 +1,4 @@
-"""The one place precision is decided and enforced (DESIGN.md "Precision": never emulated bf16).
+"""The one place precision is decided and enforced: never emulated bf16.
 
 CUDA compute capability >= 8.0 -> bf16; below (T4, V100) -> fp16 autocast; CPU -> fp32.
 Trainable (LoRA) weights are always kept in fp32: TRL casts them to bf16 on quantized models, which breaks the

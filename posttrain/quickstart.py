@@ -12,8 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from posttrain.data.sources import read_rows
-from posttrain.generation import answer
-from posttrain.methods import sft
+from posttrain.inference.generation import answer
 from posttrain.methods.common import run_method
 from posttrain.recipe import load_recipe
 
@@ -35,7 +34,7 @@ def run_quickstart(output_dir: Path, *, max_steps: int, echo: Callable[[str], No
         show(prompts, answer(trainer.model, trainer.processing_class, prompts), echo)
         echo(f"Training {max_steps} steps on builtin:pirate_sft ...")
 
-    metrics = run_method(sft, recipe, echo=echo, before_train=show_before)
+    metrics = run_method(recipe, echo=echo, before_train=show_before)
     echo("\nAfter training, the same questions:")
     after = answer(trainers[0].model, trainers[0].processing_class, prompts)
     show(prompts, after, echo)

@@ -19,18 +19,9 @@ from typing import Any, Literal
 import yaml
 
 from posttrain.errors import UserError
-from posttrain.sections import DataSection, LoraSection, ModelSection, PPOSection, RewardSection, RSSection
+from posttrain.methods import METHODS
+from posttrain.sections import DataSection, LoraSection, ModelSection
 
-METHODS = ("sft", "reward", "dpo", "orpo", "ppo", "rs")
-# The TRL config class behind each method's `train:` section (ppo is posttrain's own trainer; rs fine-tunes
-# on its selected answers with SFT).
-TRAIN_CONFIGS = {
-    "sft": ("trl", "SFTConfig"),
-    "rs": ("trl", "SFTConfig"),
-    "reward": ("trl", "RewardConfig"),
-    "dpo": ("trl", "DPOConfig"),
-    "orpo": ("posttrain.trl_compat", "ORPOConfig"),
-}
 # TRL fields that posttrain sets from other recipe keys, so a user sets them in one place only.
 OWNED_TRAIN_KEYS = {
     "output_dir": "set the top-level `output_dir` (or pass --output-dir)",
@@ -51,12 +42,17 @@ class Recipe:
     model: ModelSection
     data: DataSection
     lora: LoraSection = field(default_factory=LoraSection)
-    reward: RewardSection = field(default_factory=RewardSection)
-    ppo: PPOSection | None = None
-    rs: RSSection | None = None
     train: dict[str, Any] = field(default_factory=dict)
     output_dir: str = ""
     source: str = ""  # where the recipe came from, for messages
+    own_sections: dict[str, Any] = field(default_factory=dict)  # the method's own, e.g. ppo: (see methods.METHODS)
+
+    def __getattr__(self, name: str) -> Any:
+        """A method's own section reads like the others: recipe.ppo, recipe.rs, recipe.reward."""
+        own = self.__dict__.get("own_sections", {})
+        if name in own:
+            return own[name]
+        raise AttributeError(f"a {self.__dict__.get('method')} recipe has no section {name!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """The recipe as YAML-ready data, in the order a person reads it."""
@@ -65,12 +61,11 @@ class Recipe:
 
 
 SECTIONS = {"model": ModelSection, "lora": LoraSection, "data": DataSection}
-# Sections for what TRL has no field for, allowed only in their method's recipes.
-METHOD_SECTIONS = {"reward": {"reward": RewardSection}, "ppo": {"ppo": PPOSection}, "rs": {"rs": RSSection}}
 
 
 def sections_of(method: str) -> dict[str, type]:
-    return SECTIONS | METHOD_SECTIONS.get(method, {})
+    """The sections a method's recipe takes: the common ones and its own (for what TRL has no field for)."""
+    return SECTIONS | METHODS[method].sections
 
 
 # ---------------------------------------------------------------- finding and reading recipes
@@ -161,10 +156,13 @@ def build_recipe(data: dict[str, Any], expected_method: str | None = None, sourc
         raise UserError("recipe key output_dir is required (or pass --output-dir).")
     return Recipe(
         method=method,
+        model=sections.pop("model"),
+        data=sections.pop("data"),
+        lora=sections.pop("lora"),
         train=check_train_section(method, train),
         output_dir=output_dir,
         source=source,
-        **sections,
+        own_sections=sections,
     )
 
 
@@ -177,15 +175,16 @@ def build_section(cls: type, values: dict[str, Any], section: str) -> Any:
 
 
 def check_train_section(method: str, train: dict[str, Any]) -> dict[str, Any]:
-    if method == "ppo" and train:
-        raise UserError(
-            "a ppo recipe takes its settings in the ppo: section (posttrain's own trainer); leave train: empty."
-        )
+    if METHODS[method].train_config is None:
+        if train:
+            raise UserError(
+                f"a {method} recipe takes its settings in the {method}: section (posttrain's own trainer); "
+                "leave train: empty."
+            )
+        return {}
     for key, fix in OWNED_TRAIN_KEYS.items():
         if key in train:
             raise UserError(f"recipe key train.{key} is set by posttrain: {fix}.")
-    if method not in TRAIN_CONFIGS:
-        return dict(train)
     config_cls = train_config_class(method)
     fields = {f.name for f in dataclasses.fields(config_cls) if f.init}
     _reject_unknown(train, fields, "train.", what=f"{config_cls.__name__} field")
@@ -194,7 +193,7 @@ def check_train_section(method: str, train: dict[str, Any]) -> dict[str, Any]:
 
 
 def train_config_class(method: str) -> type:
-    module, name = TRAIN_CONFIGS[method]
+    module, name = METHODS[method].train_config
     return getattr(importlib.import_module(module), name)
 
 

@@ -1,4 +1,4 @@
-"""The run folder every stage writes (DESIGN.md "Run folder").
+"""The run folder every stage writes.
 
 A run is finished once metrics.json exists; it is written last. The adapter is saved beside its final place and
 renamed into it, so a crash never leaves a half-written adapter that looks complete.

@@ -16,7 +16,7 @@ os.environ.setdefault("POSTTRAIN_CACHE", tempfile.mkdtemp(prefix="posttrain-cach
 
 @pytest.fixture(scope="session", autouse=True)
 def quiet():
-    from posttrain.cli import quiet_libraries
+    from posttrain.cli.support import quiet_libraries
 
     quiet_libraries()
 
@@ -79,7 +79,6 @@ RUDE_REPLY = "Arr! Go away and count yer own fingers, landlubber. Fair winds!"
 
 def train_tiny_run(folder: Path, method: str, data: str, **train) -> Path:
     """A finished run folder of `method` on tiny-llama2 (full-precision base, a few steps)."""
-    from posttrain.methods import reward, sft
     from posttrain.methods.common import run_method
     from posttrain.recipe import load_recipe
 
@@ -94,7 +93,7 @@ def train_tiny_run(folder: Path, method: str, data: str, **train) -> Path:
     }
     path = folder.with_suffix(".yaml")
     path.write_text(f"# posttrain {method} {path.name}\n" + yaml.safe_dump(recipe), encoding="utf-8")
-    run_method({"sft": sft, "reward": reward}[method], load_recipe(str(path)), echo=lambda _: None)
+    run_method(load_recipe(str(path)), echo=lambda _: None)
     return folder
 
 

@@ -3,9 +3,10 @@
 import pytest
 from typer.testing import CliRunner
 
-from posttrain.chat import Conversation, chat_loop
 from posttrain.cli import app
-from posttrain.generation import GenerationSettings, stream_reply
+from posttrain.inference.chat import chat_loop
+from posttrain.inference.conversation import Conversation
+from posttrain.inference.generation import GenerationSettings, stream_reply
 
 SYSTEM = "<<SYS>>\nBe brief.\n<</SYS>>\n\n"
 
@@ -35,7 +36,7 @@ def fixed_reply(text: str):
 @pytest.fixture
 def seen_by_model(monkeypatch):
     """Record each prompt as the model sees it (rendered with the chat template) and the reply it streamed."""
-    from posttrain import generation
+    from posttrain.inference import generation
 
     seen = []
 

@@ -59,7 +59,7 @@ def test_resuming_with_other_settings_is_refused(sft_run, prompts, tmp_path):
 
 
 def test_batched_replies_match_one_by_one_replies():
-    from posttrain.generation import GenerationSettings, answer_chats
+    from posttrain.inference.generation import GenerationSettings, answer_chats
     from posttrain.models.loading import load_run_model
 
     model, tokenizer = load_run_model("tiny-llama2")

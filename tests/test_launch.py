@@ -12,7 +12,8 @@ import yaml
 from typer.testing import CliRunner
 
 from posttrain import launch
-from posttrain.cli import app, training_args
+from posttrain.cli import app
+from posttrain.cli.train import training_args
 
 
 @pytest.fixture

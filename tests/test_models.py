@@ -3,6 +3,7 @@
 import hashlib
 
 import pytest
+import torch
 
 from posttrain.errors import UserError
 from posttrain.models.aliases import build_tiny_llama2
@@ -82,3 +83,22 @@ def test_smollm2_alias_is_a_real_llama_with_gqa():
     config = AutoConfig.from_pretrained(resolve_model("smollm2-135m").base)
     assert config.model_type == "llama"
     assert config.num_key_value_heads < config.num_attention_heads  # grouped-query attention
+
+
+def test_gradients_still_reach_the_input_of_4bit_layers_after_an_inference_pass(tiny_model):
+    """bitsandbytes repacks 4-bit weights on CPU for inference, after which no gradient crossed them; the
+    loader keeps the trainable layout, so a generation before training (PPO, quickstart) changes no gradient."""
+
+    def input_gradient(after_inference: bool) -> torch.Tensor:
+        model = load_base_model(tiny_model, "nf4", True, "fp32")
+        ids = torch.tensor([[1, 5, 6, 7, 8]])
+        if after_inference:
+            model.eval()
+            with torch.no_grad():
+                model(input_ids=ids)
+        model.train()
+        embeddings = model.get_input_embeddings()(ids).detach().requires_grad_()
+        model(inputs_embeds=embeddings).logits.sum().backward()
+        return embeddings.grad
+
+    torch.testing.assert_close(input_gradient(after_inference=True), input_gradient(after_inference=False))

@@ -50,6 +50,7 @@ def test_committed_notebooks_are_what_build_py_writes(monkeypatch):
     assert stale == [], "edit notebooks/stages.py or build.py, then run: python notebooks/build.py"
 
 
+@pytest.mark.slow  # each notebook runs end to end (20-40 s)
 @pytest.mark.parametrize("name", sorted(PRODUCES))
 def test_notebook_runs_in_tiny_mode(name, tmp_path, monkeypatch):
     from nbclient import NotebookClient

@@ -9,9 +9,9 @@ import torch
 from typer.testing import CliRunner
 
 from posttrain.cli import app
-from posttrain.fit import warn_if_too_big
-from posttrain.memory import ModelShape, Precision, base_weight_bytes, layer_activation_bytes, lora_parameters
 from posttrain.models.loading import add_lora, load_base_model, resolve_model
+from posttrain.plan.fit import warn_if_too_big
+from posttrain.plan.memory import ModelShape, Precision, base_weight_bytes, layer_activation_bytes, lora_parameters
 from posttrain.recipe import load_recipe, shipped_recipes
 from posttrain.sections import LoraSection
 

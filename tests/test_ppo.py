@@ -15,7 +15,7 @@ from posttrain.cli import app
 from posttrain.methods import ppo
 from posttrain.methods.common import start_run
 from posttrain.recipe import load_recipe
-from posttrain.rl.ppo import PPOTrainer
+from posttrain.rl.ppo_trainer import PPOTrainer
 
 
 def write(path, recipe: dict):
@@ -66,18 +66,17 @@ def ppo_recipe(tmp_path, runs, name="ppo.yaml", quantization="none", **settings)
 @pytest.mark.parametrize("quantization", ["none", "nf4"])
 def test_policy_and_value_train_while_reference_reward_and_base_stay_frozen(tmp_path, runs, quantization):
     recipe = load_recipe(str(ppo_recipe(tmp_path, runs, quantization=quantization, learning_rate=1e-2)))
-    stage, prompts, rewards = ppo.prepare(recipe)
+    stage = ppo.prepare(recipe)
     start_run(stage, resume=False, overwrite=False)
-    shared = ppo.build_shared_model(stage, rewards)
-    # Parameters as state_dict gives them: bitsandbytes repacks 4-bit weights in place for its CPU inference
-    # kernel, and state_dict turns them back into the layout they were loaded in
-    names = {n for n, _ in shared.named_parameters()}
-    before = {n: p.detach().clone() for n, p in shared.state_dict().items() if n in names}
+    shared = ppo.build_shared_model(stage)
+    before = {n: p.detach().clone() for n, p in shared.named_parameters()}
     from accelerate import Accelerator
 
-    trainer = PPOTrainer(shared, stage.tokenizer, prompts, recipe.ppo, stage.run, Accelerator(cpu=True), lambda _: 0)
+    trainer = PPOTrainer(
+        shared, stage.tokenizer, stage.data.prompts, recipe.ppo, stage.run, Accelerator(cpu=True), lambda _: 0
+    )
     trainer.train()
-    after = shared.state_dict()
+    after = dict(shared.named_parameters())
     changed = {n for n in before if not torch.equal(before[n], after[n])}
     trainable = {n for n in before if ".policy." in n or ".value." in n or n.startswith("value_head")}
     assert {n for n in trainable if "lora_" in n or n.startswith("value_head")} <= changed
@@ -97,13 +96,13 @@ def test_checkpointed_layers_give_the_same_gradients_and_keep_far_less(tmp_path,
     """Each decoder layer is recomputed in the backward pass under the adapter it ran with, although the policy
     and value passes use different adapters: the gradients are those of a run that keeps every activation."""
     recipe = load_recipe(str(ppo_recipe(tmp_path, runs, quantization=quantization)))
-    stage, _, rewards = ppo.prepare(recipe)
+    stage = ppo.prepare(recipe)
     ids = torch.randint(3, 1000, (2, 24), generator=torch.Generator().manual_seed(0))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "position_ids": torch.arange(24).expand(2, 24)}
     grads, kept = {}, {}
     for checkpointed in (False, True):
         recipe.ppo.activation_checkpointing = checkpointed
-        shared = ppo.build_shared_model(stage, rewards).eval()
+        shared = ppo.build_shared_model(stage).eval()
         (logits, values), kept[checkpointed] = forward_keeping(shared, batch)
         (logits.float().log_softmax(-1)[..., 7].mean() + values.mean()).backward()
         grads[checkpointed] = {n: p.grad for n, p in shared.named_parameters() if p.requires_grad}

@@ -1,4 +1,4 @@
-"""The precision decision table of DESIGN.md, on faked hardware."""
+"""The precision decision table, on faked hardware."""
 
 import pytest
 import torch

@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-from posttrain.methods import dpo, orpo, reward, sft
+from posttrain.evaluation.scoring import score_conversations
+from posttrain.methods import reward
 from posttrain.methods.common import run_method
 from posttrain.recipe import load_recipe
 
-METHODS = {"reward": reward, "dpo": dpo, "orpo": orpo}
 KIND = [{"role": "assistant", "content": "Arr! Happy to help, the answer is four. Fair winds!"}]
 RUDE = [{"role": "assistant", "content": "Arr! Go away and count yer own fingers, landlubber. Fair winds!"}]
 
@@ -31,7 +31,7 @@ def train(write_recipe, method: str, data: dict, name="recipe.yaml", **sections)
         seen["trainer"] = trainer
         seen["before"] = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
 
-    metrics = run_method(METHODS.get(method, sft), load_recipe(str(path)), echo=lambda _: None, before_train=snapshot)
+    metrics = run_method(load_recipe(str(path)), echo=lambda _: None, before_train=snapshot)
     return seen["trainer"], seen["before"], metrics
 
 
@@ -67,9 +67,9 @@ def test_reward_model_overfits_a_small_set_and_reloads_with_the_same_scores(writ
     assert metrics["reward_accuracy"]["accuracy"] >= 0.9  # chance is 0.5
 
     conversations = [[{"role": "user", "content": "What is 2 plus 2?"}] + reply for reply in (KIND, RUDE)]
-    trained_scores = reward.score_conversations(trainer.model, trainer.processing_class, conversations)
+    trained_scores = score_conversations(trainer.model, trainer.processing_class, conversations)
     model, tokenizer = load_run_model(str(tmp_path / "run"), task_type="SEQ_CLS")
-    assert reward.score_conversations(model, tokenizer, conversations) == pytest.approx(trained_scores, abs=1e-5)
+    assert score_conversations(model, tokenizer, conversations) == pytest.approx(trained_scores, abs=1e-5)
 
 
 def test_margins_from_strength_labels_reach_the_loss(write_recipe, jsonl):
@@ -78,9 +78,9 @@ def test_margins_from_strength_labels_reach_the_loss(write_recipe, jsonl):
         for label in ("significantly better", "negligibly better or unsure")
     ] * 2
     path = write_recipe(method="reward", data={"train": str(jsonl(rows))}, reward={"margins": "large"})
-    stage, data = reward.prepare(load_recipe(str(path)))
-    assert [row["margin"] for row in data.train] == [3.0, 0.0, 3.0, 0.0]
-    trainer = reward.build_trainer(stage, data)
+    stage = reward.prepare(load_recipe(str(path)))
+    assert [row["margin"] for row in stage.data.train] == [3.0, 0.0, 3.0, 0.0]
+    trainer = reward.build_trainer(stage)
     batch = trainer.data_collator([trainer.train_dataset[0]])
     losses = []
     for margin in (0.0, 3.0):  # same pair, same scores: only the margin differs
@@ -111,7 +111,7 @@ def test_dpo_from_an_sft_run_uses_it_as_reference(write_recipe, pairs, tmp_path)
 
 
 def test_orpo_adapter_reloads_and_generates(write_recipe, pairs, tmp_path):
-    from posttrain.generation import answer
+    from posttrain.inference.generation import answer
     from posttrain.models.loading import load_run_model
 
     train(write_recipe, "orpo", {"train": pairs}, train={"max_steps": 2})

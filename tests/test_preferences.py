@@ -1,4 +1,4 @@
-"""Preference data: every format of DESIGN.md, margins and strength labels, and the bad rows."""
+"""Preference data: every format the README lists, margins and strength labels, and the bad rows."""
 
 import pytest
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from posttrain.serve import conversation_of
+from posttrain.inference.serve import conversation_of
 
 CHROMIUM = Path("/usr/bin/chromium")  # playwright cannot download its own browser here
 CHROMIUM_ARGS = [

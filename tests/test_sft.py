@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from posttrain.methods import sft
 from posttrain.methods.common import run_method
 from posttrain.models.loading import resolve_model
 from posttrain.recipe import load_recipe
@@ -18,7 +17,7 @@ def train(recipe_path, overrides=(), **options):
         seen["before"] = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
 
     recipe = load_recipe(str(recipe_path), list(overrides))
-    metrics = run_method(sft, recipe, echo=lambda _: None, before_train=snapshot, **options)
+    metrics = run_method(recipe, echo=lambda _: None, before_train=snapshot, **options)
     return seen["trainer"], seen["before"], metrics
 
 
@@ -66,7 +65,7 @@ def test_adapter_reloads_from_the_run_folder_and_generates(write_recipe, tmp_pat
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from posttrain.generation import answer
+    from posttrain.inference.generation import answer
     from posttrain.models.loading import load_tokenizer
 
     trainer, _, _ = train(write_recipe(train={"learning_rate": 1e-2}))

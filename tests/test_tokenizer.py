@@ -52,8 +52,8 @@ def test_byte_fallback_round_trips_any_text(tokenizer):
 
 def _train_rows(write_recipe, jsonl, rows, **data):
     recipe = load_recipe(str(write_recipe(data={"train": str(jsonl(rows)), "max_length": 256, **data})))
-    stage, prepared = sft.prepare(recipe)
-    return stage.tokenizer, sft.build_trainer(stage, prepared).train_dataset
+    stage = sft.prepare(recipe)
+    return stage.tokenizer, sft.build_trainer(stage).train_dataset
 
 
 def test_assistant_only_loss_masks_everything_but_answers_and_their_eos(write_recipe, jsonl):

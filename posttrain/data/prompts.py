@@ -84,7 +84,7 @@ def problem_report(source: str, total: int, problems: list[str], usable: int) ->
 
 
 def prompt_of(row: Row) -> list[dict]:
-    """The prompt part of a row in any format of DESIGN.md, as messages ending in a user turn."""
+    """The prompt part of a row in any data format posttrain reads, as messages ending in a user turn."""
     data = row.data
     if {"chosen", "rejected"} <= set(data):
         return _up_to_last_user_turn(PREFERENCE_FORMATS[detect_preference_format(row)][1](data)["prompt"])

@@ -107,7 +107,7 @@ def _read_hub(dataset_id: str) -> list[Row]:
     """A hub dataset's train split (`org/name`, or `org/name:split`)."""
     import datasets
 
-    from posttrain.hub import hub_resolves
+    from posttrain.models.hub import hub_resolves
 
     name, _, split = dataset_id.partition(":")
     if not (datasets.config.HF_HUB_OFFLINE or hub_resolves()):

@@ -13,7 +13,7 @@ from posttrain.errors import UserError
 def reward_accuracy(reward_run: str, data: str, data_format: str = "auto", batch_size: int = 8) -> dict:
     """The report: accuracy overall (and per preference-strength label), with the mean scores of both sides."""
     from posttrain.data.prepare import drop_identical_pairs, load_examples, measure
-    from posttrain.methods.reward import accuracy_report, score_conversations
+    from posttrain.evaluation.scoring import accuracy_report, score_conversations
     from posttrain.models.loading import context_length, load_run_model, load_tokenizer, require_reward_run
 
     ref = require_reward_run(reward_run, "REWARD_RUN")

@@ -12,7 +12,7 @@ import statistics
 from collections.abc import Callable
 
 from posttrain.errors import UserError
-from posttrain.generation import GenerationSettings
+from posttrain.inference.generation import GenerationSettings
 
 OUTCOME_VALUE = {"a": 1.0, "tie": 0.5, "b": 0.0}
 
@@ -33,7 +33,7 @@ def win_rate(
 ) -> dict:
     """The report: counts, win rate of A with its bootstrap interval, mean scores, and every judged pair."""
     from posttrain.data.prompts import load_prompts
-    from posttrain.generate import room_for_replies
+    from posttrain.inference.generation import room_for_replies
     from posttrain.models.loading import context_length, load_inference_tokenizer, require_reward_run
 
     require_reward_run(judge, "--judge")
@@ -76,7 +76,7 @@ def win_rate(
 
 def judge_pairs(judge: str, prompts: list, replies_a: list[str], replies_b: list[str], tie_margin: float) -> list:
     """Each prompt with both replies, their reward scores, and the winner ("a", "b" or "tie")."""
-    from posttrain.methods.reward import score_conversations
+    from posttrain.evaluation.scoring import score_conversations
     from posttrain.models.loading import load_run_model
 
     model, tokenizer = load_run_model(judge, task_type="SEQ_CLS")
@@ -115,8 +115,7 @@ def generate_replies(name, prompts, settings, seed, chat_template, batch_size, e
     import torch
     from transformers import set_seed
 
-    from posttrain.generate import progress_bar
-    from posttrain.generation import answer_chats
+    from posttrain.inference.generation import answer_chats, progress_bar
     from posttrain.models.loading import load_run_model
 
     echo(f"generating {len(prompts)} replies with {name}")

@@ -8,24 +8,29 @@ step's loss is ln 2 and the implicit rewards start at 0. From a base model, the 
 
 from __future__ import annotations
 
-from posttrain.data.prepare import PreparedData
-from posttrain.methods.common import COMMON_TRAIN_DEFAULTS, Stage, prepare_method, trl_config, trl_trainer
+from collections.abc import Callable
+
+from posttrain.methods.common import Stage
+from posttrain.methods.trl_backed import (
+    COMMON_TRAIN_DEFAULTS,
+    prepare_with_data,
+    train_and_finish,
+    trl_config,
+    trl_trainer,
+)
 from posttrain.recipe import Recipe
 
 TRAIN_DEFAULTS = COMMON_TRAIN_DEFAULTS | {"learning_rate": 5.0e-5}
 
 
-def prepare(recipe: Recipe) -> tuple[Stage, PreparedData]:
-    return prepare_method(recipe, TRAIN_DEFAULTS, preference=True)
+def prepare(recipe: Recipe, echo: Callable[[str], None] = print) -> Stage:
+    return prepare_with_data(recipe, TRAIN_DEFAULTS, preference=True)
 
 
-def build_trainer(stage: Stage, data: PreparedData):
+def train(stage: Stage, *, resume: bool, echo: Callable[[str], None] = print) -> dict:
     from trl import DPOConfig, DPOTrainer
 
     # ref_model=None: the reference is the starting adapter (or the base), see the module docstring
-    return trl_trainer(DPOTrainer, trl_config(DPOConfig, stage), stage, data, ref_model=None)
-
-
-def extra_metrics(trainer, stage: Stage, data: PreparedData) -> dict:
+    trainer = trl_trainer(DPOTrainer, trl_config(DPOConfig, stage), stage, ref_model=None)
     reference = f"the starting adapter of {stage.adapter.parent}" if stage.adapter else "the base model"
-    return {"reference_model": reference}
+    return train_and_finish(stage, trainer, resume=resume, extra_metrics=lambda: {"reference_model": reference})

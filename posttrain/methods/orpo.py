@@ -5,23 +5,27 @@ TRL's experimental ORPOTrainer (imported via posttrain.trl_compat) on a 4-bit ba
 
 from __future__ import annotations
 
-from posttrain.data.prepare import PreparedData
-from posttrain.methods.common import COMMON_TRAIN_DEFAULTS, Stage, prepare_method, trl_config, trl_trainer
+from collections.abc import Callable
+
+from posttrain.methods.common import Stage
+from posttrain.methods.trl_backed import (
+    COMMON_TRAIN_DEFAULTS,
+    prepare_with_data,
+    train_and_finish,
+    trl_config,
+    trl_trainer,
+)
 from posttrain.recipe import Recipe
 
 # ORPO's collator needs the raw columns it tokenizes itself.
 TRAIN_DEFAULTS = COMMON_TRAIN_DEFAULTS | {"learning_rate": 1.0e-4, "remove_unused_columns": False}
 
 
-def prepare(recipe: Recipe) -> tuple[Stage, PreparedData]:
-    return prepare_method(recipe, TRAIN_DEFAULTS, preference=True)
+def prepare(recipe: Recipe, echo: Callable[[str], None] = print) -> Stage:
+    return prepare_with_data(recipe, TRAIN_DEFAULTS, preference=True)
 
 
-def build_trainer(stage: Stage, data: PreparedData):
+def train(stage: Stage, *, resume: bool, echo: Callable[[str], None] = print) -> dict:
     from posttrain.trl_compat import ORPOConfig, ORPOTrainer
 
-    return trl_trainer(ORPOTrainer, trl_config(ORPOConfig, stage), stage, data)
-
-
-def extra_metrics(trainer, stage: Stage, data: PreparedData) -> dict:
-    return {}
+    return train_and_finish(stage, trl_trainer(ORPOTrainer, trl_config(ORPOConfig, stage), stage), resume=resume)

@@ -7,63 +7,42 @@ Llama 2 preference-strength labels (`reward.margins`). metrics.json reports accu
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections.abc import Callable
 
-from posttrain.data.prepare import PreparedData
-from posttrain.methods.common import COMMON_TRAIN_DEFAULTS, Stage, prepare_method, trl_config, trl_trainer
+from posttrain.evaluation.scoring import accuracy_report, score_conversations
+from posttrain.methods.common import Stage
+from posttrain.methods.trl_backed import (
+    COMMON_TRAIN_DEFAULTS,
+    prepare_with_data,
+    train_and_finish,
+    trl_config,
+    trl_trainer,
+)
 from posttrain.recipe import Recipe
 
 TRAIN_DEFAULTS = COMMON_TRAIN_DEFAULTS | {"learning_rate": 1.0e-4}
 
 
-def prepare(recipe: Recipe) -> tuple[Stage, PreparedData]:
-    return prepare_method(recipe, TRAIN_DEFAULTS, preference=True, margins=recipe.reward.margin_table())
+def prepare(recipe: Recipe, echo: Callable[[str], None] = print) -> Stage:
+    return prepare_with_data(recipe, TRAIN_DEFAULTS, preference=True, margins=recipe.reward.margin_table())
 
 
-def build_trainer(stage: Stage, data: PreparedData):
+def build_trainer(stage: Stage):
     from trl import RewardConfig, RewardTrainer
 
-    return trl_trainer(RewardTrainer, trl_config(RewardConfig, stage), stage, data, task_type="SEQ_CLS")
+    return trl_trainer(RewardTrainer, trl_config(RewardConfig, stage), stage, task_type="SEQ_CLS")
 
 
-def extra_metrics(trainer, stage: Stage, data: PreparedData) -> dict:
-    if not data.eval:
+def train(stage: Stage, *, resume: bool, echo: Callable[[str], None] = print) -> dict:
+    trainer = build_trainer(stage)
+    return train_and_finish(stage, trainer, resume=resume, extra_metrics=lambda: held_out_accuracy(trainer, stage))
+
+
+def held_out_accuracy(trainer, stage: Stage) -> dict:
+    """Accuracy on the eval pairs, scored as `posttrain eval accuracy` scores them."""
+    pairs = stage.data.eval
+    if not pairs:
         return {}
-    chosen = score_conversations(trainer.model, stage.tokenizer, [e["prompt"] + e["chosen"] for e in data.eval])
-    rejected = score_conversations(trainer.model, stage.tokenizer, [e["prompt"] + e["rejected"] for e in data.eval])
-    return {"reward_accuracy": accuracy_report(data.eval, chosen, rejected)}
-
-
-def accuracy_report(examples: list[dict], chosen: list[float], rejected: list[float]) -> dict:
-    """Share of pairs scored the right way round, overall and per preference-strength label."""
-    right = [c > r for c, r in zip(chosen, rejected, strict=True)]
-    report = {"accuracy": sum(right) / len(right), "pairs": len(right)}
-    by_label = defaultdict(list)
-    for example, ok in zip(examples, right, strict=True):
-        if "strength" in example:
-            by_label[example["strength"]].append(ok)
-    if by_label:
-        report["by_strength"] = {
-            label: {"accuracy": sum(oks) / len(oks), "pairs": len(oks)} for label, oks in by_label.items()
-        }
-    return report
-
-
-def score_conversations(model, tokenizer, conversations: list[list[dict]], batch_size: int = 8) -> list[float]:
-    """The reward model's scalar score of each conversation, rendered with the chat template as in training."""
-    import torch
-
-    was_training = model.training
-    model.eval()
-    scores: list[float] = []
-    try:
-        for start in range(0, len(conversations), batch_size):
-            texts = [
-                tokenizer.apply_chat_template(c, tokenize=False) for c in conversations[start : start + batch_size]
-            ]
-            batch = tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt").to(model.device)
-            with torch.no_grad():
-                scores += model(**batch).logits[:, 0].float().tolist()
-    finally:
-        model.train(was_training)
-    return scores
+    chosen = score_conversations(trainer.model, stage.tokenizer, [e["prompt"] + e["chosen"] for e in pairs])
+    rejected = score_conversations(trainer.model, stage.tokenizer, [e["prompt"] + e["rejected"] for e in pairs])
+    return {"reward_accuracy": accuracy_report(pairs, chosen, rejected)}

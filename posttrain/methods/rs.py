@@ -19,9 +19,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from posttrain.data.prepare import PreparedData
-from posttrain.methods import ppo, sft
-from posttrain.methods.common import Stage, processes, start_run, train_and_finish
+from posttrain.methods import sft
+from posttrain.methods.common import Stage, processes
+from posttrain.methods.trl_backed import train_and_finish
 from posttrain.recipe import Recipe
+from posttrain.rl.setup import load_base_and_lora, prepare_rl_stage
 from posttrain.runs import RunFolder
 
 # Round folders are this method's checkpoints: --resume continues the latest one.
@@ -47,7 +49,7 @@ def sample_and_select(stage: Stage, prompts: list[dict], rewards: dict[str, Path
     from posttrain.rl.shared_model import SharedModel
 
     s = stage.recipe.rs
-    base, lora = ppo.load_base(stage)
+    base, lora = load_base_and_lora(stage)
     shared = SharedModel.for_sampling(base, lora, adapter, rewards)
     shared.eval()
     roles, k, candidates = list(rewards), s.samples_per_prompt, []
@@ -73,9 +75,8 @@ def sample_and_select(stage: Stage, prompts: list[dict], rewards: dict[str, Path
 def fine_tune(stage: Stage, selected: list[dict], adapter: Path | None, folder: Path, scores: dict) -> dict:
     """SFT of the policy in `adapter` on the kept answers; the new adapter lands in folder/adapter."""
     rows = [{"messages": row["prompt"] + [{"role": "assistant", "content": row["response"]}]} for row in selected]
-    round_stage = replace(stage, adapter=adapter, run=RunFolder(folder))
-    data = PreparedData("best-of-k", rows)
-    trainer = sft.build_trainer(round_stage, data)
+    round_stage = replace(stage, adapter=adapter, run=RunFolder(folder), data=PreparedData("best-of-k", rows))
+    trainer = sft.build_trainer(round_stage)
     resume = round_stage.run.latest_checkpoint() is not None
     metrics = train_and_finish(round_stage, trainer, resume=resume, extra_metrics=lambda: scores)
     shutil.rmtree(round_stage.run.checkpoints, ignore_errors=True)  # the adapter is what later rounds need
@@ -91,28 +92,20 @@ def round_scores(selected: list[dict], number: int) -> dict:
     }
 
 
-def run(
-    recipe: Recipe,
-    *,
-    resume: bool = False,
-    overwrite: bool = False,
-    dry_run: bool = False,
-    echo: Callable[[str], None] = print,
-) -> dict | None:
+def prepare(recipe: Recipe, echo: Callable[[str], None] = print) -> Stage:
     s = recipe.rs
-    stage, prompts, rewards = ppo.prepare(recipe, prompt_room=s.max_new_tokens, echo=echo)
+    stage = prepare_rl_stage(recipe, prompt_room=s.max_new_tokens, echo=echo)
     recipe.train = sft.TRAIN_DEFAULTS | {"assistant_only_loss": True} | recipe.train
     stage.run = RunFolder(stage.run.path, checkpoint_pattern=ROUND_PATTERN)
-    stage.run.check_writable(resume=resume, overwrite=overwrite)
-    for line in ppo.plan_lines(stage, prompts, rewards) + [
+    stage.details.append(
         f"rs          {s.iterations} rounds: {s.samples_per_prompt} samples per prompt (max_new_tokens "
-        f"{s.max_new_tokens}, temperature {s.temperature}), the best kept, SFT on them",
-    ]:
-        echo(line)
-    if dry_run:
-        echo("dry run: recipe, runs and prompts are valid; no weights were loaded and nothing was written.")
-        return None
-    start_run(stage, resume=resume, overwrite=overwrite)
+        f"{s.max_new_tokens}, temperature {s.temperature}), the best kept, SFT on them"
+    )
+    return stage
+
+
+def train(stage: Stage, *, resume: bool, echo: Callable[[str], None] = print) -> dict:
+    s, prompts, rewards = stage.recipe.rs, stage.data.prompts, stage.data.rewards
     state, run_folder = processes(stage), stage.run
     adapter, history = stage.adapter, []
     for number in range(1, s.iterations + 1):

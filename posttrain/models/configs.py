@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from posttrain.errors import UserError
-from posttrain.memory import ModelShape
+from posttrain.plan.memory import ModelShape
 
 SHIPPED_CONFIGS = Path(__file__).parent / "configs"
 # Hub ids (any owner, base or chat) whose config ships with posttrain.

@@ -98,7 +98,7 @@ def check_hub_reachable(name: str) -> None:
     """Fail at once when the hub cannot be reached and the model is not in the local hub cache."""
     from huggingface_hub import constants, try_to_load_from_cache
 
-    from posttrain.hub import hub_resolves
+    from posttrain.models.hub import hub_resolves
 
     cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
     if not (constants.HF_HUB_OFFLINE or cached or hub_resolves()):
@@ -167,7 +167,19 @@ def load_base_model(ref: ModelRef, quantization: str, double_quant: bool, precis
     if not sharded and (quantization != "none" or torch.cuda.is_available()):
         kwargs["device_map"] = {"": _device()}  # FSDP and ZeRO-3 place the shards themselves
     with hub_errors(ref.base):
-        return auto_class.from_pretrained(ref.base, **kwargs)
+        model = auto_class.from_pretrained(ref.base, **kwargs)
+    keep_4bit_layout_on_cpu(model)
+    return model
+
+
+def keep_4bit_layout_on_cpu(model) -> None:
+    """bitsandbytes (0.49+) repacks a 4-bit layer's weights for its CPU inference kernel on the first forward pass
+    in eval mode without gradients, and afterwards no gradient flows through that layer to its input: training
+    after any generation (PPO's rollouts, an evaluation, the quickstart's "before" answers) silently loses the
+    gradients of every earlier layer. posttrain switches the repacking off; it only speeds up CPU inference."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def quantization_config(quantization: str, double_quant: bool, dtype, task_type: str = "CAUSAL_LM", storage=None):
@@ -209,7 +221,7 @@ def _device() -> str:
 
 def add_lora(model, lora, adapter: Path | None, task_type: str = "CAUSAL_LM"):
     """Wrap the base in a trainable LoRA adapter: a new one from the recipe, or an earlier run's to continue."""
-    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+    from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 
     if getattr(model, "hf_quantizer", None) is not None and not weights_are_sharded():
         # Casts norms and embeddings to fp32 for stable fp16 training; checkpointing is TRL's to switch on. Sharded
@@ -217,7 +229,14 @@ def add_lora(model, lora, adapter: Path | None, task_type: str = "CAUSAL_LM"):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if adapter is not None:
         return PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
-    config = LoraConfig(
+    return get_peft_model(model, lora_config(lora, task_type))
+
+
+def lora_config(lora, task_type: str = "CAUSAL_LM"):
+    """peft's LoraConfig of a recipe's lora: section."""
+    from peft import LoraConfig
+
+    return LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
@@ -225,7 +244,6 @@ def add_lora(model, lora, adapter: Path | None, task_type: str = "CAUSAL_LM"):
         task_type=task_type,
         modules_to_save=["score"] if task_type == "SEQ_CLS" else None,  # the reward head trains in full
     )
-    return get_peft_model(model, config)
 
 
 def load_inference_tokenizer(name: str, chat_template: str = "auto", task_type: str = "CAUSAL_LM"):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from posttrain.generation import encode_chats
+from posttrain.inference.generation import encode_chats
 from posttrain.rl.ppo_math import combine_llama2_rewards
 
 

@@ -12,9 +12,9 @@ import os
 from collections.abc import Generator, Iterator
 from dataclasses import replace
 
-from posttrain.chat import Conversation, make_room
 from posttrain.errors import UserError
-from posttrain.generation import GenerationSettings
+from posttrain.inference.conversation import Conversation, make_room
+from posttrain.inference.generation import GenerationSettings
 
 
 def import_gradio():
@@ -47,7 +47,7 @@ def conversation_of(history: list[dict], system: str, message: str) -> Conversat
 def build_page(model, tokenizer, title: str, system: str, settings: GenerationSettings, context: int):
     """The gradio app; `settings` gives the controls' starting values and the knobs the page does not show."""
     from posttrain.data.prepare import chat_length
-    from posttrain.generation import stream_reply
+    from posttrain.inference.generation import stream_reply
 
     gr = import_gradio()
 

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from posttrain.cli_support import quiet_libraries, reports_user_errors
+from posttrain.cli.support import quiet_libraries, reports_user_errors
 
 use_app = typer.Typer()
 eval_app = typer.Typer(help="Evaluate: reward accuracy, win-rate, perplexity. One JSON report per call.")
@@ -35,7 +35,7 @@ ReportPath = Annotated[
 
 
 def generation_settings(max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty):
-    from posttrain.generation import GenerationSettings
+    from posttrain.inference.generation import GenerationSettings
 
     return GenerationSettings(max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty)
 
@@ -57,7 +57,7 @@ def chat(
 
     In the chat: /reset clears the history, /system TEXT sets the system prompt, /exit leaves; Ctrl-C stops a reply.
     """
-    from posttrain.chat import run_chat
+    from posttrain.inference.chat import run_chat
 
     settings = generation_settings(max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty)
     quiet_libraries()
@@ -81,7 +81,7 @@ def generate(
     seed: Seed = 0,
 ):
     """Answer every prompt of a file (batched, left padding) into JSONL rows: prompt, response, model, settings."""
-    from posttrain.generate import generate_file
+    from posttrain.inference.generate import generate_file
 
     settings = generation_settings(max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty)
     quiet_libraries()
@@ -98,7 +98,7 @@ def merge(
     dtype: Annotated[str, typer.Option(help="auto (the base's own: fp16 for Llama 2) | fp16 | bf16 | fp32.")] = "auto",
 ):
     """Merge a run's adapter into 16-bit base weights: a plain transformers folder, checked against the adapter."""
-    from posttrain.merge import merge_run
+    from posttrain.inference.merge import merge_run
 
     quiet_libraries()
     merge_run(run, output, dtype, echo=typer.echo)
@@ -201,7 +201,7 @@ def serve(
 
     Needs gradio, the `serve` extra of posttrain (pip install -e ".\[serve]" in a checkout).
     """
-    from posttrain.serve import serve as serve_page
+    from posttrain.inference.serve import serve as serve_page
 
     sampled = temperature > 0
     settings = generation_settings(max_new_tokens, sampled, temperature if sampled else 0.7, 50, top_p, 1.0)

@@ -1,12 +1,14 @@
 """The predicted peak GPU memory of a recipe: each phase of the run (training; for PPO generation, scoring and
-optimisation; for rs sampling then training) as a sum of terms from posttrain.memory, read from the model's config
-without loading any weights. posttrain.fit turns it into a verdict for a GPU and advice."""
+optimisation; for rs sampling then training) as a sum of terms from posttrain.plan.memory, read from the model's config
+without loading any weights. posttrain.plan.fit turns it into a verdict for a GPU and advice."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from posttrain.memory import (
+from posttrain.methods import METHODS
+from posttrain.models.configs import ModelSource, model_source
+from posttrain.plan.memory import (
     GIB,
     Estimate,
     ModelShape,
@@ -18,7 +20,6 @@ from posttrain.memory import (
     lora_parameters,
     optimizer_bytes_per_parameter,
 )
-from posttrain.models.configs import ModelSource, model_source
 from posttrain.recipe import Recipe
 
 
@@ -32,16 +33,18 @@ class Models:
     @classmethod
     def of(cls, recipe: Recipe) -> Models:
         policy = model_source(recipe.model.adapter or recipe.model.name)
-        section = getattr(recipe, recipe.method, None) if recipe.method in ("ppo", "rs") else None
+        section = getattr(recipe, recipe.method) if METHODS[recipe.method].data == "prompts" else None
         spec = section.reward if section else {}
         names = list(spec.values()) if isinstance(spec, dict) else [spec]
         return cls(policy, [model_source(name) for name in names if name])
 
 
 def estimate(recipe: Recipe, models: Models, precision: str, cuda: bool = True) -> Estimate:
-    if recipe.method == "ppo":
+    """The phases of a run as the method table says to estimate it (posttrain.methods.METHODS, `plan`)."""
+    how = METHODS[recipe.method].plan
+    if how == "ppo":
         return Estimate(ppo_phases(recipe, models, precision, cuda))
-    if recipe.method == "rs":
+    if how == "rs":
         return Estimate([rs_sampling(recipe, models, precision, cuda), training(recipe, models, precision, cuda)])
     return Estimate([training(recipe, models, precision, cuda)])
 
@@ -81,20 +84,20 @@ def trains_checkpointed(train: dict) -> bool:
 def training(recipe: Recipe, models: Models, precision: str, cuda: bool = True) -> Phase:
     """A TRL training run (sft, reward, dpo, orpo; rs's fine-tuning): weights, adapters, gradients, optimizer
     states, activations and logits of one micro-batch."""
-    shape, train, method = models.policy.shape, recipe.train, recipe.method
+    shape, train, method = models.policy.shape, recipe.train, METHODS[recipe.method]
     quantized = recipe.model.quantization != "none"
     p = Precision.of(precision, quantized, cuda)
-    reward = method == "reward"
-    phase = Phase("training" if method != "rs" else "fine-tuning")
+    reward = method.score_head
+    phase = Phase("training" if method.plan == "training" else "fine-tuning")
     _weights(phase, recipe, shape, p.residual, score_head=reward)
     r, targets = _adapter_r(recipe, models.policy)
     adapter = lora_parameters(shape, r, targets) + (shape.hidden if reward else 0)  # a reward run trains its head
     phase.add("LoRA weights", 4 * adapter, f"r={r}, fp32")
-    if method == "dpo" and models.policy.lora is not None:
+    if method.reference_adapter and models.policy.lora is not None:
         phase.add("reference adapter", 4 * adapter, "frozen copy of the starting adapter")
     optim = train.get("optim", "adamw_torch_fused")
     phase.add("gradients + optimizer", adapter * (4 + optimizer_bytes_per_parameter(optim)), optim)
-    sequences = 2 if method in ("reward", "dpo", "orpo") else 1  # chosen and rejected
+    sequences = 2 if method.data == "preference" else 1  # chosen and rejected
     batch = train.get("per_device_train_batch_size", 4)
     tokens = batch * sequences * recipe.data.max_length
     layer = layer_activation_bytes(shape, r, shape.lora_targets(targets), p, dropout=recipe.lora.dropout > 0)

@@ -91,7 +91,7 @@ def compare_logits(model, tokenizer, dtype: str) -> dict:
     same logits again."""
     import torch
 
-    from posttrain.generation import encode_chats
+    from posttrain.inference.generation import encode_chats
 
     batch = encode_chats(tokenizer, [[{"role": "user", "content": p}] for p in CHECK_PROMPTS]).to(model.device)
     real = batch["attention_mask"].bool()  # padding positions are not compared

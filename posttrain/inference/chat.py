@@ -8,24 +8,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
 
-from posttrain.generation import GenerationSettings
+from posttrain.inference.conversation import Conversation, make_room
+from posttrain.inference.generation import GenerationSettings
 
 HELP = "/reset clears the history, /system TEXT sets the system prompt (alone: removes it), /exit leaves"
 Reply = Callable[[list[dict]], Generator[str, None, None]]
-
-
-@dataclass
-class Conversation:
-    """The system prompt and the user/assistant turns so far."""
-
-    system: str | None = None
-    turns: list[dict] = field(default_factory=list)
-
-    def messages(self) -> list[dict]:
-        head = [{"role": "system", "content": self.system}] if self.system else []
-        return head + self.turns
 
 
 def chat_loop(
@@ -96,21 +84,6 @@ def show_reply(pieces: Generator[str, None, None], write: Callable[[str], None])
     return "".join(shown).strip()
 
 
-def make_room(conversation: Conversation, fits: Callable[[list[dict]], bool], write: Callable[[str], None]) -> bool:
-    """Drop the oldest exchanges until the chat fits the model's context; False if the new message alone does not."""
-    dropped = 0
-    while not fits(conversation.messages()) and len(conversation.turns) > 1:
-        del conversation.turns[:2]
-        dropped += 1
-    if dropped:
-        write(f"(the {dropped} oldest exchange(s) no longer fit the model's context and were dropped)\n")
-    if not fits(conversation.messages()):
-        conversation.turns.pop()
-        write("(that message does not fit the model's context with room for a reply; shorten it)\n")
-        return False
-    return True
-
-
 def run_chat(
     model_name: str,
     system: str | None,
@@ -121,7 +94,7 @@ def run_chat(
 ) -> Conversation:
     """Load MODEL and chat with it until the user leaves; returns the conversation."""
     from posttrain.data.prepare import chat_length
-    from posttrain.generation import stream_reply
+    from posttrain.inference.generation import stream_reply
     from posttrain.models.loading import context_length, load_run_model, resolve_model
 
     with contextlib.suppress(ImportError):

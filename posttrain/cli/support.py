@@ -1,12 +1,19 @@
-"""What every posttrain command shares: user errors as exit 2, and quiet libraries."""
+"""What every posttrain command shares: user errors as exit 2, quiet libraries, and the recipe arguments."""
 
 from __future__ import annotations
 
 import functools
+from typing import Annotated
 
 import typer
 
 from posttrain.errors import UserError
+
+RecipeArg = Annotated[str, typer.Argument(help="YAML path or shipped recipe name (see `posttrain recipes`).")]
+Overrides = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a recipe key: section.key=value (repeatable)."),
+]
 
 
 def reports_user_errors(command):
@@ -33,5 +40,5 @@ def quiet_libraries() -> None:
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
-    # TRL 1.16 still sets transformers' deprecated `gradient_checkpointing` default; the rename is not ours to act on.
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    # TRL 1.16 still calls transformers' deprecated is_gradient_checkpointing; the rename is TRL's to make.
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from posttrain.errors import UserError
-from posttrain.generation import GenerationSettings
+from posttrain.inference.generation import GenerationSettings
 
 
 def generate_file(
@@ -30,7 +30,7 @@ def generate_file(
     from transformers import set_seed
 
     from posttrain.data.prompts import load_prompts
-    from posttrain.generation import answer_chats
+    from posttrain.inference.generation import answer_chats, progress_bar, room_for_replies
     from posttrain.models.loading import context_length, load_inference_tokenizer, load_run_model
 
     if batch_size < 1:
@@ -55,20 +55,6 @@ def generate_file(
             handle.flush()  # a crash loses at most the batch being generated
             bar.update(len(prompts))
     return len(pending)
-
-
-def room_for_replies(limit: int, settings: GenerationSettings) -> tuple[str, str]:
-    """How load_prompts words a prompt too long to leave room for the reply."""
-    return (
-        f"{limit} (the model's context less --max-new-tokens {settings.max_new_tokens})",
-        "Lower --max-new-tokens or shorten them.",
-    )
-
-
-def progress_bar(total: int):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="generating", unit="prompt", disable=None)  # None: only on a terminal
 
 
 def prompt_key(prompt: list[dict]) -> str:

@@ -142,3 +142,17 @@ class StopWhenSet:
         import torch
 
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+def room_for_replies(limit: int, settings: GenerationSettings) -> tuple[str, str]:
+    """How load_prompts words a prompt too long to leave room for the reply."""
+    return (
+        f"{limit} (the model's context less --max-new-tokens {settings.max_new_tokens})",
+        "Lower --max-new-tokens or shorten them.",
+    )
+
+
+def progress_bar(total: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="generating", unit="prompt", disable=None)  # None: only on a terminal

@@ -8,8 +8,9 @@ import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from posttrain.memory import GIB
-from posttrain.plan import Models, estimate, trains_checkpointed
+from posttrain.methods import METHODS
+from posttrain.plan.estimate import Models, estimate, trains_checkpointed
+from posttrain.plan.memory import GIB
 from posttrain.precision import Hardware, choose_precision, detect_hardware
 from posttrain.recipe import Recipe
 
@@ -83,45 +84,48 @@ def _halve_rank(recipe: Recipe) -> None:
 
 def _changes(recipe: Recipe, models: Models) -> list[tuple[str, Callable[[Recipe], None]]]:
     """Recipe changes that lower the peak without changing what is learned much: (--set text, apply)."""
-    changes = []
-    train = recipe.train
-    if recipe.method == "ppo":
-        s = recipe.ppo
-        if s.mini_batch_size > 1:
-            changes.append(("ppo.mini_batch_size=1", lambda r: setattr(r.ppo, "mini_batch_size", 1)))
-        if s.batch_size > 1:
-            changes.append((f"ppo.batch_size={s.batch_size // 2}", _halve_ppo_batch))
-        if not s.activation_checkpointing:
-            changes.append(
-                ("ppo.activation_checkpointing=true", lambda r: setattr(r.ppo, "activation_checkpointing", True))
-            )
-    else:
-        if recipe.method == "rs" and recipe.rs.batch_size > 1:
-            changes.append(
-                (
-                    f"rs.batch_size={recipe.rs.batch_size // 2}",
-                    lambda r: setattr(r.rs, "batch_size", r.rs.batch_size // 2),
-                )
-            )
-        if not trains_checkpointed(train):
-            changes.append(
-                ("train.activation_checkpointing=true", lambda r: r.train.update(activation_checkpointing=True))
-            )
-        batch = train.get("per_device_train_batch_size", 4)
-        if batch > 1:
-            accumulation = train.get("gradient_accumulation_steps", 1) * 2
-            text = f"train.per_device_train_batch_size={batch // 2} train.gradient_accumulation_steps={accumulation}"
-            changes.append((text, _halve_batch))
-        if "8bit" not in train.get("optim", "adamw_torch_fused"):
-            changes.append(("train.optim=paged_adamw_8bit", lambda r: r.train.update(optim="paged_adamw_8bit")))
+    how = METHODS[recipe.method].plan
+    changes = _ppo_changes(recipe) if how == "ppo" else _training_changes(recipe)
+    if how == "rs" and recipe.rs.batch_size > 1:
+        halved = recipe.rs.batch_size // 2
+        changes.insert(0, (f"rs.batch_size={halved}", lambda r: setattr(r.rs, "batch_size", r.rs.batch_size // 2)))
     if models.policy.lora is None and recipe.lora.r >= 8:
         changes.append((f"lora.r={recipe.lora.r // 2} lora.alpha={max(1, recipe.lora.alpha // 2)}", _halve_rank))
     return changes
 
 
+def _ppo_changes(recipe: Recipe) -> list[tuple[str, Callable[[Recipe], None]]]:
+    s, changes = recipe.ppo, []
+    if s.mini_batch_size > 1:
+        changes.append(("ppo.mini_batch_size=1", lambda r: setattr(r.ppo, "mini_batch_size", 1)))
+    if s.batch_size > 1:
+        changes.append((f"ppo.batch_size={s.batch_size // 2}", _halve_ppo_batch))
+    if not s.activation_checkpointing:
+        changes.append(
+            ("ppo.activation_checkpointing=true", lambda r: setattr(r.ppo, "activation_checkpointing", True))
+        )
+    return changes
+
+
+def _training_changes(recipe: Recipe) -> list[tuple[str, Callable[[Recipe], None]]]:
+    """For a TRL trainer's `train:` section."""
+    train, changes = recipe.train, []
+    if not trains_checkpointed(train):
+        changes.append(("train.activation_checkpointing=true", lambda r: r.train.update(activation_checkpointing=True)))
+    batch = train.get("per_device_train_batch_size", 4)
+    if batch > 1:
+        accumulation = train.get("gradient_accumulation_steps", 1) * 2
+        text = f"train.per_device_train_batch_size={batch // 2} train.gradient_accumulation_steps={accumulation}"
+        changes.append((text, _halve_batch))
+    if "8bit" not in train.get("optim", "adamw_torch_fused"):
+        changes.append(("train.optim=paged_adamw_8bit", lambda r: r.train.update(optim="paged_adamw_8bit")))
+    return changes
+
+
 def _longest_fitting_length(recipe: Recipe, models: Models, precision: str, budget: int) -> int | None:
     """The largest data.max_length (a multiple of 64) whose peak stays within `budget`, if below the recipe's."""
-    shortest = 64 + (getattr(recipe, recipe.method).max_new_tokens if recipe.method in ("ppo", "rs") else 0)
+    samples = METHODS[recipe.method].data == "prompts"  # ppo, rs: room for the response
+    shortest = 64 + (getattr(recipe, recipe.method).max_new_tokens if samples else 0)
 
     def peak(length: int) -> int:
         changed = copy.deepcopy(recipe)

@@ -1,0 +1,27 @@
+"""The `posttrain` command: one typer app assembled from the command groups below. Heavy libraries are imported
+inside commands so `posttrain --help` is instant.
+
+    train.py   sft, reward, dpo, orpo, ppo, rs (one per method of posttrain.methods) and quickstart
+    info.py    recipes, plan, env, data inspect: looking before training
+    use.py     chat, generate, merge, serve and eval: using what was trained
+    support.py what they share (user errors as exit 2, quiet libraries, recipe arguments)
+
+Exit status: 0 success; 2 a user error (bad recipe, data, path, hardware request); 1 an unexpected failure.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from posttrain.cli.info import info_app
+from posttrain.cli.train import train_app
+from posttrain.cli.use import use_app
+
+app = typer.Typer(
+    help="Post-train Llama-2-family models on one small GPU: SFT, reward, PPO, rejection sampling, DPO, ORPO.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+# The groups' commands sit at the top level, listed in this order.
+for group in (train_app, info_app, use_app):
+    app.add_typer(group)

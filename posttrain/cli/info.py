@@ -1,0 +1,121 @@
+"""The commands that look before training: the shipped recipes, `plan` (will it fit a GPU), `env`, and
+`data inspect`. Heavy libraries are imported inside commands."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from posttrain.cli.support import Overrides, RecipeArg, quiet_libraries, reports_user_errors
+from posttrain.methods import METHODS
+from posttrain.plan.fit import GPUS
+
+info_app = typer.Typer()
+data_app = typer.Typer(help="Look at a data file before training on it.", no_args_is_help=True)
+
+
+@info_app.command()
+def recipes(
+    keys: Annotated[bool, typer.Option("--keys", help="Also list every recipe key with its default.")] = False,
+):
+    """List the shipped recipes (run one by name: `posttrain sft smollm2-135m/sft`)."""
+    from posttrain.recipe import SECTIONS, field_help, read_yaml, shipped_recipes
+
+    for name, path in shipped_recipes().items():
+        command = path.read_text(encoding="utf-8").splitlines()[0].lstrip("# ")
+        method = read_yaml(path).get("method", "?")
+        typer.echo(f"{name:<28} {method:<7} {command}")
+    if keys:
+        method_sections = {name: cls for method in METHODS.values() for name, cls in method.sections.items()}
+        for section, cls in (SECTIONS | method_sections).items():
+            only = f" ({section} recipes only)" if section in method_sections else ""
+            typer.echo(f"\n{section}:{only}")
+            for key, default, text in field_help(cls):
+                typer.echo(f"  {key:<19} {default!s:<12} {text}")
+        typer.echo("\ntrain:\n  any field of the method's TRL config (SFTConfig, DPOConfig, ...)")
+
+
+@info_app.command()
+@reports_user_errors
+def plan(
+    recipe: RecipeArg,
+    overrides: Overrides = None,
+    gpu: Annotated[str, typer.Option(help="GPU to plan for: " + ", ".join(GPUS) + ".")] = "t4",
+    memory_gb: Annotated[
+        float | None, typer.Option("--memory-gb", help="Plan for a GPU with this much memory (GiB) instead.")
+    ] = None,
+):
+    """Predicted peak GPU memory of a recipe, term by term, whether it fits, and what to change to fit.
+
+    Reads only the model's config (shipped for the Llama 2 7B and 13B sizes, so it works offline).
+    """
+    from posttrain.errors import UserError
+    from posttrain.plan.fit import plan_lines
+    from posttrain.precision import Hardware
+    from posttrain.recipe import load_recipe
+
+    loaded = load_recipe(recipe, overrides or [])
+    if memory_gb is not None:
+        if memory_gb <= 0:
+            raise UserError(f"--memory-gb must be above 0, got {memory_gb:g}.")
+        name, total, hardware = f"a {memory_gb:g} GiB GPU", memory_gb, Hardware("cuda", "GPU", (8, 0))
+    elif gpu in GPUS:
+        name, total, hardware = GPUS[gpu].name, GPUS[gpu].memory_gib, GPUS[gpu].hardware
+    else:
+        raise UserError(f"--gpu {gpu}: unknown GPU; choose one of {', '.join(GPUS)}, or give --memory-gb N.")
+    lines, _ = plan_lines(loaded, name, total, hardware)
+    for line in lines:
+        typer.echo(line)
+
+
+@info_app.command()
+def env():
+    """Library versions, hardware, and the precision posttrain would choose."""
+    from posttrain.precision import choose_precision, detect_hardware
+    from posttrain.runs import library_versions
+
+    for name, found in library_versions().items():
+        typer.echo(f"{name:<14} {found}")
+    hardware = detect_hardware()
+    capability = (
+        f" (compute capability {hardware.capability[0]}.{hardware.capability[1]})" if hardware.capability else ""
+    )
+    typer.echo(f"{'hardware':<14} {hardware.name}{capability}")
+    typer.echo(f"{'precision':<14} {choose_precision('auto', hardware)} (model.precision: auto)")
+    typer.echo(f"{'4-bit':<14} bitsandbytes on {hardware.device}")
+
+
+# `posttrain data` is registered after `env`, where it has always been listed.
+info_app.add_typer(data_app, name="data")
+
+
+@data_app.command("inspect")
+@reports_user_errors
+def data_inspect(
+    file: Annotated[str, typer.Argument(help="Data file, hub dataset id or builtin:NAME.")],
+    model: Annotated[str, typer.Option(help="Model whose tokenizer counts the tokens.")] = "smollm2-135m",
+    chat_template: Annotated[str, typer.Option(help="llama2 | chatml | model | path.jinja")] = "chatml",
+    data_format: Annotated[str, typer.Option("--format", help="auto, or a format name.")] = "auto",
+    max_length: Annotated[int, typer.Option(help="Length limit to report against.")] = 1024,
+):
+    """Detected format (SFT or preference), row count and token-length histogram of a data file."""
+    from posttrain.data.prepare import LengthReport, is_preference, load_examples, measure, preference_length_lines
+    from posttrain.models.loading import load_tokenizer, resolve_model
+
+    quiet_libraries()
+    fmt, rows, examples = load_examples(file, data_format, preference=None)
+    preference = is_preference(rows)
+    tokenizer = load_tokenizer(resolve_model(model), chat_template)
+    lengths = measure(tokenizer, rows, examples)
+    kind = "preference pairs" if preference else "rows"
+    typer.echo(f"{file}: format {fmt}, {len(rows)} {kind} (tokens counted with {model}, {chat_template} template)")
+    if preference:
+        for line in preference_length_lines(tokenizer, examples):
+            typer.echo(line)
+        labels = sorted({e["strength"] for e in examples if "strength" in e})
+        if labels:
+            typer.echo(f"strength labels: {', '.join(labels)}")
+    report = LengthReport(lengths, max_length, "drop", sum(n > max_length for n in lengths))
+    for line in report.lines():
+        typer.echo(line.replace("dropped", "would be dropped by data.on_too_long: drop"))

@@ -1,0 +1,124 @@
+"""What the methods backed by a TRL trainer share (sft, reward, dpo, orpo, and the fine-tuning rounds of rs):
+data preparation, the TRL config from the recipe, the trainer on the 4-bit base, and the run's end (adapter,
+tokenizer, metrics.json)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from posttrain.data.prepare import PreparedData, prepare_data
+from posttrain.methods.common import Stage, load_trainable_model, prepare_stage, seed_everything
+from posttrain.precision import keep_trainable_fp32, trainer_flags
+from posttrain.recipe import Recipe
+
+# Defaults every method puts under the recipe's `train:` (the recipe wins).
+COMMON_TRAIN_DEFAULTS = {
+    "per_device_train_batch_size": 4,
+    "num_train_epochs": 1,
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 0.03,
+    "logging_steps": 5,
+    "save_strategy": "steps",
+    "save_steps": 50,
+    "save_total_limit": 2,
+    "report_to": ["tensorboard"],
+    "seed": 42,
+}
+
+
+def prepare_with_data(recipe: Recipe, defaults: dict, preference: bool = False, margins: dict | None = None) -> Stage:
+    """The stage with its prepared data: everything checkable without weights. The method's defaults go under the
+    recipe's `train:` so the saved recipe.yaml shows what was used."""
+    stage = prepare_stage(recipe)
+    seed = recipe.train.get("seed", defaults["seed"])
+    stage.data = prepare_data(recipe.data, stage.tokenizer, seed=seed, preference=preference, margins=margins)
+    stage.details = describe_data(stage.data)
+    recipe.train = defaults | recipe.train
+    return stage
+
+
+def trl_config(config_cls: type, stage: Stage):
+    """The method's TRL config from the resolved recipe, with posttrain's precision and run folder."""
+    return config_cls(
+        output_dir=str(stage.run.checkpoints),
+        max_length=stage.recipe.data.max_length,
+        **trainer_flags(stage.precision, stage.hardware),
+        **stage.recipe.train,
+    )
+
+
+def trl_trainer(trainer_cls: type, config, stage: Stage, task_type: str = "CAUSAL_LM", **extra):
+    """A TRL trainer on the 4-bit base with its LoRA adapter, the prepared data and the run's TensorBoard logs."""
+    seed_everything(config.seed)  # before the adapter's (and a score head's) random init, not only in the trainer
+    return trainer_cls(
+        model=load_trainable_model(stage, task_type),
+        args=config,
+        processing_class=stage.tokenizer,
+        callbacks=tensorboard_callbacks(config, stage.run.logs),
+        **datasets_of(stage.data),
+        **extra,
+    )
+
+
+def datasets_of(data: PreparedData) -> dict:
+    from datasets import Dataset
+
+    return {
+        "train_dataset": Dataset.from_list(data.train),
+        "eval_dataset": Dataset.from_list(data.eval) if data.eval else None,
+    }
+
+
+def tensorboard_callbacks(config, logs_dir: Path) -> list:
+    """Send TensorBoard logs to the run's logs/ (transformers 5 only takes that folder from an env variable)."""
+    if "tensorboard" not in (config.report_to or []):
+        return []
+    from transformers.integrations import TensorBoardCallback
+
+    config.report_to = [name for name in config.report_to if name != "tensorboard"]
+    callback = TensorBoardCallback()
+    callback.logging_dir = str(logs_dir)  # kept when the writer is reopened for the final evaluation
+    return [callback]
+
+
+def train_and_finish(stage: Stage, trainer, *, resume: bool, extra_metrics: Callable[[], dict] = dict) -> dict:
+    """Train (from the last checkpoint with --resume), save adapter and tokenizer, then write metrics.json."""
+    keep_trainable_fp32(trainer.model)
+    if stage.before_train is not None:
+        stage.before_train(trainer)
+    checkpoint = str(stage.run.latest_checkpoint()) if resume else None
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    metrics = {"train": result.metrics, "final_step": trainer.state.global_step}
+    if trainer.eval_dataset is not None:
+        metrics["eval"] = trainer.evaluate()
+    metrics |= data_metrics(stage.data) | extra_metrics()
+    stage.run.save_adapter(trainer)
+    if trainer.is_world_process_zero():
+        stage.tokenizer.save_pretrained(stage.run.path)
+        metrics |= {
+            "precision": stage.precision,
+            "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+            "log_history": trainer.state.log_history,
+        }
+        stage.run.write_metrics(metrics)
+    return metrics
+
+
+def describe_data(data: PreparedData) -> list[str]:
+    if "chosen" in data.train[0]:
+        loss = "preference pairs"
+    elif data.conversational:
+        loss = "loss on assistant turns only"
+    else:
+        loss = "loss on every token (continued pretraining)"
+    lines = [f"data        {data.format}: {len(data.train)} train rows, {len(data.eval)} eval rows; {loss}"]
+    return lines + data.report.lines()
+
+
+def data_metrics(data: PreparedData) -> dict:
+    counts = {"format": data.format, "train_rows": len(data.train), "eval_rows": len(data.eval)}
+    if data.report is not None:  # data read from files (rs builds its rows itself)
+        report = data.report
+        counts |= {"too_long": report.too_long, "on_too_long": report.action, "identical_pairs": report.identical}
+    return {"data": counts}

@@ -1,0 +1,92 @@
+"""What PPO and rejection sampling share before and around training: the reward runs (checked against the policy),
+the prompts that leave room for a response, the plan lines, and the one 4-bit base their adapters sit on."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from posttrain.data.prompts import read_prompts, too_long_message
+from posttrain.errors import UserError
+from posttrain.methods.common import Stage, load_base, prepare_stage
+from posttrain.models.loading import lora_config, method_of_run, resolve_model
+from posttrain.recipe import Recipe
+
+
+@dataclass
+class RLInputs:
+    """A ppo or rs stage's data: the prompts and the adapter folder of each reward run, by role."""
+
+    prompts: list[dict]
+    rewards: dict[str, Path]
+
+
+def reward_runs(spec: str | dict[str, str]) -> dict[str, str]:
+    """{role: run} for one reward run ("reward") or Llama 2's pair (helpfulness, safety)."""
+    return dict(spec) if isinstance(spec, dict) else {"reward": spec}
+
+
+def check_reward_run(run: str, stage: Stage, key: str) -> Path:
+    """The adapter folder of a reward run trained on the same base model and tokenizer as the policy."""
+    from transformers import AutoTokenizer
+
+    ref = resolve_model(run)
+    if not ref.is_run or method_of_run(ref.adapter.parent) != "reward":
+        raise UserError(
+            f"{key}: {run} is not a reward run. Train one with `posttrain reward RECIPE` and name its run folder here."
+        )
+    if ref.base != stage.model.base:
+        raise UserError(
+            f"{key}: {run} was trained on {ref.name}, but the policy's base is {stage.model.name}; "
+            "PPO shares one base model, so both runs must use the same one."
+        )
+    if AutoTokenizer.from_pretrained(ref.tokenizer).get_vocab() != stage.tokenizer.get_vocab():
+        raise UserError(f"{key}: {run} uses a different tokenizer from the policy; retrain it from the same base.")
+    return ref.adapter
+
+
+def prepare_rl_stage(recipe: Recipe, prompt_room: int, echo: Callable[[str], None]) -> Stage:
+    """The stage of a ppo or rs recipe with its prompts and reward runs, all checked before any weights load.
+    `prompt_room` tokens of data.max_length are kept free for the response."""
+    stage = prepare_stage(recipe)
+    section = recipe.method  # ppo or rs: both sections hold reward and sampling settings
+    runs = reward_runs(getattr(recipe, section).reward)
+    rewards = {
+        role: check_reward_run(run, stage, f"{section}.reward" + (f".{role}" if role != "reward" else ""))
+        for role, run in runs.items()
+    }
+    prompts = prompts_that_fit(recipe, stage.tokenizer, prompt_room, echo)
+    tagged = sum(p["safety"] for p in prompts)
+    if tagged and "safety" not in rewards:
+        raise UserError(
+            f"{recipe.data.train}: {tagged} prompts are tagged safety, but {section}.reward names no "
+            f"safety reward run. Give {section}.reward: {{helpfulness: RUN, safety: RUN}}, or drop the tags."
+        )
+    stage.data = RLInputs(prompts, rewards)
+    stage.details = [
+        f"prompts     {len(prompts)} from {recipe.data.train} ({tagged} tagged safety)",
+        f"reward      {', '.join(f'{role}: {path.parent}' for role, path in rewards.items())}",
+    ]
+    return stage
+
+
+def prompts_that_fit(recipe: Recipe, tokenizer, prompt_room: int, echo: Callable[[str], None]) -> list[dict]:
+    """The recipe's prompts that leave `prompt_room` tokens of data.max_length for the response; longer ones are
+    dropped and reported (data.on_too_long: drop) or refused (error)."""
+    limit, section = recipe.data.max_length - prompt_room, recipe.method
+    prompts, too_long = read_prompts(recipe.data.train, tokenizer, limit)
+    if not too_long:
+        return prompts
+    wording = f"data.max_length - {section}.max_new_tokens = {limit}" if prompt_room else None
+    message = too_long_message(list(too_long.values()), len(prompts), limit, wording)
+    if recipe.data.on_too_long != "drop" or len(too_long) == len(prompts):
+        how = "raise data.max_length" + (f" or lower {section}.max_new_tokens" if prompt_room else "")
+        raise UserError(f"{message} To use them, {how}; to leave them out, set data.on_too_long: drop.")
+    echo(f"data        {message.removesuffix('.')}: dropped (data.on_too_long: drop)")
+    return [prompt for index, prompt in enumerate(prompts) if index not in too_long]
+
+
+def load_base_and_lora(stage: Stage):
+    """The (4-bit) base every adapter of PPO or rejection sampling sits on, and the config of a new LoRA."""
+    return load_base(stage), lora_config(stage.recipe.lora)
