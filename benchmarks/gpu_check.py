@@ -61,16 +61,18 @@ def installed(distribution: str) -> str | None:
 def ensure_requirements(wheels: Path | None) -> dict:
     """Install the missing packages from the wheel folder (no index: the GPU machine has no network), then import
     each needed module. A wheel whose own dependency is missing or too old shows up here as an import error."""
-    from_wheels = []
+    from_wheels, pip_error = [], None
     if wheels and any(installed(dist) is None for dist in NEEDED):
         wanted = [w for w in sorted(wheels.glob("*.whl")) if installed(w.name.split("-")[0]) is None]
         if wanted:
             # --no-deps: the wheels are exactly what the machine lacks; resolving against an index is impossible
             command = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-cache-dir"]
             done = subprocess.run(command + [str(w) for w in wanted], capture_output=True, text=True)
-            if done.returncode != 0:
-                print(done.stdout + done.stderr, file=sys.stderr)
-            from_wheels = [w.name for w in wanted]
+            if done.returncode == 0:
+                from_wheels = [w.name for w in wanted]
+            else:  # pip installs all or nothing: say why, and the import check below names what is missing
+                pip_error = (done.stdout + done.stderr).strip()[-2000:]
+                print(f"pip install from {wheels} failed:\n{pip_error}", file=sys.stderr)
             importlib.invalidate_caches()
     errors = {}
     for dist, module in NEEDED.items():
@@ -80,6 +82,7 @@ def ensure_requirements(wheels: Path | None) -> dict:
             errors[dist] = f"{type(err).__name__}: {err}"[:300]
     return {
         "installed_from_wheels": from_wheels,
+        "pip_error": pip_error,
         "missing": errors,
         "versions": {dist: installed(dist) for dist in NEEDED},
     }
@@ -115,6 +118,9 @@ def markdown(d: dict) -> str:
     ]
     if d["requirements"]["missing"]:
         lines += ["", "**Missing, so nothing ran:**"] + [f"- {k}: {v}" for k, v in d["requirements"]["missing"].items()]
+        if d["requirements"]["pip_error"]:
+            lines += ["", "pip install from the wheel folder failed:", "", "```", d["requirements"]["pip_error"], "```"]
+        return "\n".join(lines) + "\n"
     lines += ["", "## Training methods", ""]
     lines += ["| model | method | exit | s | peak GiB | plan GiB | abs error GiB | loss or score, first → last |"]
     lines += ["|---|---|---|---|---|---|---|---|"]
@@ -149,9 +155,10 @@ def markdown(d: dict) -> str:
         lines += ["", "## Failures"]
         for r in failures:
             lines += ["", f"`{r['command']}`", "", "```", r["error"][-1500:], "```"]
-    skipped = d.get("skipped")
+    commands = d.get("methods", []) + d.get("use", [])
+    skipped = [r["command"] for r in commands if r.get("exit_code") is None and not r.get("error")]
     if skipped:
-        lines += ["", f"Skipped (time budget): {', '.join(skipped)}"]
+        lines += ["", "Not started, past the time budget (--budget-s):"] + [f"- `{command}`" for command in skipped]
     return "\n".join(lines) + "\n"
 
 
@@ -169,7 +176,9 @@ def train_methods(model: str, base: str, runs: Path, data: dict, steps: int, gpu
         if recipe is None:
             path = write_small_recipe(method, base, runs, data, steps, gpu)
             if path is None:
-                rows.append({"model": model, "method": method, "exit_code": None, "error": "no small recipe passed"})
+                error = "no small recipe passed its --dry-run: add the method to KNOWN in gpu_check_runs.py"
+                rows.append({"model": model, "method": method, "command": f"posttrain {method}", "exit_code": None})
+                rows[-1]["error"] = error
                 continue
             recipe = str(path)
         timer = StepTimer().install() if method in SPEED_METHODS else None
@@ -199,15 +208,18 @@ def shipped_t4_recipe(method: str, base: Path, runs: Path, steps: int) -> tuple[
     rows = write_rows(runs / f"{method}-rows.jsonl", method, AutoTokenizer.from_pretrained(base))
     if method == "rs":  # rs samples every prompt: 4 are enough to measure it
         rows.write_text("".join(rows.read_text().splitlines(keepends=True)[:4]))
-    settings = settings_of(method, base, runs, rows) + ["model.precision=fp16"]
+    settings = settings_of(method, base, runs, rows)  # fp16 on a GPU, as on a T4
     return name, settings + ([f"train.max_steps={steps}"] if method in SPEED_METHODS else [])
 
 
 def speed(model: str, timed: dict, model_dir: str, runs: Path, warmup: int) -> list[dict]:
+    from gpu_check_runs import DEADLINE
     from gpu_check_speed import plain_trl_s_per_step, s_per_step
 
     rows = []
     for method, run in timed.items():
+        if time.perf_counter() > DEADLINE["at"] or not run["times"]:
+            continue
         row = {"model": model, "method": method, "posttrain_s_per_step": s_per_step(run["times"], warmup)}
         row["posttrain_step_times"] = [round(t, 4) for t in run["times"]]
         try:
@@ -228,6 +240,11 @@ def main() -> None:
     parser.add_argument("--output", type=Path, required=True, help="folder for gpu_check.json and gpu_check.md")
     parser.add_argument("--wheels", type=Path, help="folder of wheels to install what is missing from (no network)")
     parser.add_argument("--layers", type=int, default=4, help="decoder layers of the 7B-shaped model (7B has 32)")
+    parser.add_argument(
+        "--shape-config",
+        type=Path,
+        help="config.json of another shape instead of Llama 2 7B's (a small one checks that part on a CPU)",
+    )
     parser.add_argument("--tiny", action="store_true", help="CPU plumbing check: tiny-llama2, 2 steps, no GPU figures")
     parser.add_argument("--work", type=Path, help="folder for models and runs (default: a new temporary one)")
     parser.add_argument("--budget-s", type=float, default=480, help="start no new part after this many seconds")
@@ -239,19 +256,21 @@ def main() -> None:
     requirements = ensure_requirements(args.wheels)
     report = Report(args.output, {"machine": platform.machine(), "emulating": None, "requirements": requirements})
     if requirements["missing"]:
-        report.data["all_passed"] = False
+        report.data |= {"all_passed": False, "elapsed_s": round(time.perf_counter() - started, 1)}
         report.save()
-        sys.exit(
-            f"missing: {', '.join(requirements['missing'])}. Fetch wheels with benchmarks/fetch_gpu_wheels.sh DIR "
-            "on a machine with network, then pass --wheels DIR."
+        print(
+            f"missing: {', '.join(requirements['missing'])} (details in {args.output / 'gpu_check.md'}). Fetch "
+            "wheels with benchmarks/fetch_gpu_wheels.sh DIR on a machine with network, then pass --wheels DIR.",
+            file=sys.stderr,
         )
+        sys.exit(2)
     import torch
 
     gpu = torch.cuda.is_available()
-    if args.tiny:  # tiny-llama2's matrices gain nothing from threads, and threads stall on a busy CPU
+    if not gpu:  # the small models of a CPU check gain nothing from threads, and threads stall on a busy CPU
         torch.set_num_threads(1)
-    if not gpu and not args.tiny:
-        sys.exit("no GPU: run with --tiny to check the script itself on a CPU.")
+    if not gpu and not args.tiny and not args.shape_config:
+        sys.exit("no GPU: run with --tiny (or --shape-config SMALL.json) to check the script itself on a CPU.")
     if gpu:
         total = torch.cuda.get_device_properties(0).total_memory / 2**30
         torch.cuda.set_per_process_memory_fraction(min(1.0, T4_USABLE_GIB / total))
@@ -263,51 +282,52 @@ def main() -> None:
         "methods": [],
         "use": [],
         "speed": [],
-        "skipped": [],
     }
     run_parts(args, report, gpu, started)
     report.data["elapsed_s"] = round(time.perf_counter() - started, 1)
     report.data["all_passed"] = passed(report.data)
     report.save()
     print(f"wrote {args.output / 'gpu_check.json'} and gpu_check.md; all passed: {report.data['all_passed']}")
+    sys.exit(0 if report.data["all_passed"] else 1)
 
 
 def run_parts(args, report: Report, gpu: bool, started: float) -> None:
-    from gpu_check_runs import ppo_resume, use_commands, write_data
+    from gpu_check_runs import DEADLINE, ppo_resume, write_data
 
+    DEADLINE["at"] = started + args.budget_s  # commands not started by then are reported with exit code None
     work = args.work or Path(tempfile.mkdtemp(prefix="gpu-check-"))
     data = write_data(work / "data")
-    parts = [("tiny-llama2", "tiny-llama2", work / "tiny")]
-    if not args.tiny:
-        parts.append((f"llama2-7b shape, {args.layers} layers", str(work / "llama2-7b-shape" / "model"), None))
-    for model, base, runs in parts:
-        runs = runs or Path(base).parent
-        if time.perf_counter() - started > args.budget_s:
-            report.data["skipped"].append(model)
-            continue
-        if not (Path(base) / "config.json").is_file() and base != "tiny-llama2":
-            from plan_vs_measured import CONFIG, build_model
-
-            build_model(Path(base), CONFIG, args.layers)
-        # The speed comparison runs on the T4-like work: the 7B shape on a GPU (2 warm-up steps, 4 timed), and
-        # tiny-llama2 in --tiny (1 and 1). Everything else trains for a few steps.
-        speed_here = args.tiny or base != "tiny-llama2"
-        steps = 2 if args.tiny else 6 if speed_here else 3
-        timed: dict = {}
-        report.data["methods"] += train_methods(model, base, runs, data, steps, gpu, timed if speed_here else {})
-        report.save()
-        report.data["use"] += [{"model": model} | row for row in use_commands(runs, data, gpu)]
-        report.save()
-        if speed_here and time.perf_counter() - started <= args.budget_s:
-            model_dir = base if base != "tiny-llama2" else str(runs / "use" / "merged")  # tiny-llama2's shape
-            report.data["speed"] += speed(model, timed, model_dir, runs, warmup=1 if args.tiny else 2)
-            report.save()
-    if time.perf_counter() - started > args.budget_s:
-        report.data["skipped"].append("ppo --resume")
-        return
+    # the speed comparison runs on the T4-like model: the 7B shape on a GPU, tiny-llama2 in --tiny
+    run_model(args, report, "tiny-llama2", "tiny-llama2", work / "tiny", data, gpu, timed=args.tiny)
     # a checkpoint every 2 steps of 4 on a GPU; every step of 2 in --tiny, where PPO steps are slow
     report.data["ppo_resume"] = ppo_resume(work / "tiny", work / "resume", data, gpu, save_steps=2 if gpu else 1)
+    report.save()
     print(f"ppo --resume: {report.data['ppo_resume']}", flush=True)
+    if not args.tiny:
+        from plan_vs_measured import CONFIG, build_model
+
+        base = work / "llama2-7b-shape" / "model"
+        if not (base / "config.json").is_file():
+            build_model(base, args.shape_config or CONFIG, args.layers)
+        shape = f"{args.shape_config.name} shape" if args.shape_config else "llama2-7b shape"
+        run_model(args, report, f"{shape}, {args.layers} layers", str(base), base.parent, data, gpu, timed=True)
+
+
+def run_model(args, report: Report, model: str, base: str, runs: Path, data: dict, gpu: bool, timed: bool) -> None:
+    """Every training method, then generate, merge and eval, then (if timed) posttrain against plain TRL."""
+    from gpu_check_runs import DEADLINE, use_commands
+
+    # timed: 2 warm-up steps and 4 timed ones (1 and 1 in --tiny); else a few steps
+    steps = 2 if args.tiny else 6 if timed else 3
+    times: dict = {}
+    report.data["methods"] += train_methods(model, base, runs, data, steps, gpu, times)
+    report.save()
+    report.data["use"] += [{"model": model} | row for row in use_commands(runs, data, gpu)]
+    report.save()
+    if timed and time.perf_counter() < DEADLINE["at"]:
+        model_dir = base if base != "tiny-llama2" else str(runs / "use" / "merged")  # tiny-llama2's shape
+        report.data["speed"] += speed(model, times, model_dir, runs, warmup=1 if args.tiny else 2)
+        report.save()
 
 
 def passed(d: dict) -> bool:
@@ -317,7 +337,6 @@ def passed(d: dict) -> bool:
         and all(r.get("exit_code") == 0 for r in commands)
         and all(r.get("trl_s_per_step") and r.get("posttrain_s_per_step") for r in d["speed"])
         and bool((d.get("ppo_resume") or {}).get("reproduced"))
-        and not d["skipped"]
     )
 
 
