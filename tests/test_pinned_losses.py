@@ -59,6 +59,18 @@ def run(root: Path, method: str, model: str, data: str, **sections) -> dict:
     return json.loads((root / method / "metrics.json").read_text(encoding="utf-8"))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One CPU thread: the numbers then do not hang on the machine's core count (a threaded sum's order does), and
+    tiny-llama2, which gains nothing from threads, does not stall on a busy machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("pinned")
