@@ -247,7 +247,7 @@ def main() -> None:
     )
     parser.add_argument("--tiny", action="store_true", help="CPU plumbing check: tiny-llama2, 2 steps, no GPU figures")
     parser.add_argument("--work", type=Path, help="folder for models and runs (default: a new temporary one)")
-    parser.add_argument("--budget-s", type=float, default=480, help="start no new part after this many seconds")
+    parser.add_argument("--budget-s", type=float, default=480, help="start no command after this many seconds")
     args = parser.parse_args()
     started = time.perf_counter()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the GPU machine has no network: fail at once, not on a timeout
