@@ -2,7 +2,7 @@
 VENV ?= .venv
 INSTALLED := $(VENV)/.posttrain-installed
 
-.PHONY: quickstart test test-fast lint
+.PHONY: quickstart test test-fast lint gpu-check
 
 quickstart: $(INSTALLED)
 	$(VENV)/bin/posttrain quickstart
@@ -21,6 +21,14 @@ test-fast: $(INSTALLED)
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+# The GPU acceptance check (docs/benchmarks.md). It does not set up .venv, since a GPU machine may have no network:
+# point VENV at the Python that has torch and WHEELS at benchmarks/fetch_gpu_wheels.sh's folder.
+GPU_CHECK_OUTPUT ?= benchmarks/results/gpu_check
+WHEELS ?=
+
+gpu-check:
+	$(VENV)/bin/python benchmarks/gpu_check.py --output $(GPU_CHECK_OUTPUT) $(if $(WHEELS),--wheels $(WHEELS))
 
 $(INSTALLED): pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh $(VENV)

@@ -1,0 +1,344 @@
+"""One-command GPU acceptance check (issue #13): every posttrain command on one GPU, as on a T4, in about 9 minutes.
+
+On the GPU it emulates a T4: fp16 everywhere (even where bf16 exists) and PyTorch's memory capped at a T4's usable
+14.5 GiB (set in this process, where every command runs through the CLI). It runs
+  - every training method the CLI lists (sft, reward, dpo, orpo, rs, ppo, and any added later) for a few steps, on
+    tiny-llama2 (4-bit) and on a Llama-2-7B-shaped model with random weights and --layers decoder layers (the
+    shipped llama2-7b/*-qlora-t4 recipes, as benchmarks/plan_vs_measured.py runs them), each with its peak
+    torch.cuda.max_memory_allocated beside `posttrain plan`'s prediction;
+  - generate, merge and eval (accuracy, winrate, perplexity) on the trained runs of both models;
+  - seconds per step of posttrain against plain TRL with the same settings, for sft and dpo (7B shape);
+  - a PPO run interrupted after a checkpoint and resumed with --resume, which must repeat the uninterrupted one.
+It writes gpu_check.json and gpu_check.md into --output. Missing packages (trl, bitsandbytes, datasets) are installed
+from --wheels (see benchmarks/fetch_gpu_wheels.sh); anything still missing is named and the check stops (exit 2).
+--tiny checks the script itself on a CPU: tiny-llama2 only, 2 steps, no 7B shape and no GPU figures.
+
+    python benchmarks/gpu_check.py --output DIR [--wheels DIR] [--layers 4] [--tiny] [--work DIR] [--budget-s 480]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this tree's posttrain, installed or not
+NEEDED = {  # distribution: module
+    "torch": "torch",
+    "transformers": "transformers",
+    "accelerate": "accelerate",
+    "peft": "peft",
+    "trl": "trl",
+    "bitsandbytes": "bitsandbytes",
+    "datasets": "datasets",
+    "typer": "typer",
+    "pyyaml": "yaml",
+    "safetensors": "safetensors",
+}
+T4_USABLE_GIB = 14.5
+SPEED_METHODS = ("sft", "dpo")
+
+
+# ---------------------------------------------------------------- what the check needs
+
+
+def installed(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def ensure_requirements(wheels: Path | None) -> dict:
+    """Install the missing packages from the wheel folder (no index: the GPU machine has no network), then import
+    each needed module. A wheel whose own dependency is missing or too old shows up here as an import error."""
+    from_wheels, pip_error = [], None
+    if wheels and any(installed(dist) is None for dist in NEEDED):
+        wanted = [w for w in sorted(wheels.glob("*.whl")) if installed(w.name.split("-")[0]) is None]
+        if wanted:
+            # --no-deps: the wheels are exactly what the machine lacks; resolving against an index is impossible
+            command = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-cache-dir"]
+            done = subprocess.run(command + [str(w) for w in wanted], capture_output=True, text=True)
+            if done.returncode == 0:
+                from_wheels = [w.name for w in wanted]
+            else:  # pip installs all or nothing: say why, and the import check below names what is missing
+                pip_error = (done.stdout + done.stderr).strip()[-2000:]
+                print(f"pip install from {wheels} failed:\n{pip_error}", file=sys.stderr)
+            importlib.invalidate_caches()
+    errors = {}
+    for dist, module in NEEDED.items():
+        try:
+            importlib.import_module(module)
+        except Exception as err:  # ImportError, or a library failing at import (a CUDA library not found)
+            errors[dist] = f"{type(err).__name__}: {err}"[:300]
+    return {
+        "installed_from_wheels": from_wheels,
+        "pip_error": pip_error,
+        "missing": errors,
+        "versions": {dist: installed(dist) for dist in NEEDED},
+    }
+
+
+# ---------------------------------------------------------------- the report
+
+
+class Report:
+    """gpu_check.json and gpu_check.md, rewritten after every part so an interrupted check still leaves one."""
+
+    def __init__(self, folder: Path, data: dict):
+        self.folder, self.data = folder, data
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def save(self) -> None:
+        (self.folder / "gpu_check.json").write_text(json.dumps(self.data, indent=2) + "\n", encoding="utf-8")
+        (self.folder / "gpu_check.md").write_text(markdown(self.data), encoding="utf-8")
+
+
+def cell(value) -> str:
+    return "–" if value is None else str(value)
+
+
+def markdown(d: dict) -> str:
+    lines = [
+        "# posttrain GPU check",
+        "",
+        f"- machine: {d['machine']}",
+        f"- emulating: {d['emulating']}",
+        f"- versions: {', '.join(f'{k} {v}' for k, v in d['requirements']['versions'].items())}",
+        f"- took {d.get('elapsed_s')} s; all passed: {d.get('all_passed')}",
+    ]
+    if d["requirements"]["missing"]:
+        lines += ["", "**Missing, so nothing ran:**"] + [f"- {k}: {v}" for k, v in d["requirements"]["missing"].items()]
+        if d["requirements"]["pip_error"]:
+            lines += ["", "pip install from the wheel folder failed:", "", "```", d["requirements"]["pip_error"], "```"]
+        return "\n".join(lines) + "\n"
+    lines += ["", "## Training methods", ""]
+    lines += ["| model | method | exit | s | peak GiB | plan GiB | abs error GiB | loss or score, first → last |"]
+    lines += ["|---|---|---|---|---|---|---|---|"]
+    for r in d.get("methods", []):
+        first = next((r[k] for k in ("first_loss", "first_score") if k in r), None)
+        last = next((r[k] for k in ("last_loss", "last_score") if k in r), None)
+        lines.append(
+            f"| {r['model']} | {r['method']} | {cell(r.get('exit_code'))} | {cell(r.get('seconds'))} | "
+            f"{cell(r.get('peak_gib'))} | {cell(r.get('predicted_gib'))} | {cell(r.get('abs_error_gib'))} | "
+            f"{cell(first)} → {cell(last)} |"
+        )
+    lines += ["", "## Using the trained runs", "", "| model | command | exit | s | peak GiB | result |"]
+    lines += ["|---|---|---|---|---|---|"]
+    for r in d.get("use", []):
+        result = ", ".join(f"{k} {v:.4g}" for k, v in (r.get("result") or {}).items())
+        lines.append(
+            f"| {r['model']} | {r['command_name']} | {r['exit_code']} | {r['seconds']} | {cell(r['peak_gib'])} | "
+            f"{result} |"
+        )
+    lines += ["", "## Seconds per step: posttrain vs plain TRL, same settings", ""]
+    lines += ["| model | method | posttrain | plain TRL | posttrain / TRL |", "|---|---|---|---|---|"]
+    for r in d.get("speed", []):
+        lines.append(
+            f"| {r['model']} | {r['method']} | {cell(r.get('posttrain_s_per_step'))} | "
+            f"{cell(r.get('trl_s_per_step'))} | {cell(r.get('ratio'))} |"
+        )
+    resume = d.get("ppo_resume") or {}
+    lines += ["", "## PPO --resume", "", f"reproduced: {resume.get('reproduced')}; "]
+    lines[-1] += f"largest relative difference {cell(resume.get('max_relative_difference'))}"
+    failures = [r for r in d.get("methods", []) + d.get("use", []) if r.get("error")]
+    if failures:
+        lines += ["", "## Failures"]
+        for r in failures:
+            lines += ["", f"`{r['command']}`", "", "```", r["error"][-1500:], "```"]
+    commands = d.get("methods", []) + d.get("use", [])
+    skipped = [r["command"] for r in commands if r.get("exit_code") is None and not r.get("error")]
+    if skipped:
+        lines += ["", "Not started, past the time budget (--budget-s):"] + [f"- `{command}`" for command in skipped]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- the parts
+
+
+def train_methods(model: str, base: str, runs: Path, data: dict, steps: int, gpu: bool, timed: dict) -> list[dict]:
+    """Every training method on one model, the 7B shape through the shipped T4 recipes where there is one."""
+    from gpu_check_runs import train_and_measure, training_methods, write_small_recipe
+    from gpu_check_speed import StepTimer
+
+    rows = []
+    for method in training_methods():
+        recipe, settings = shipped_t4_recipe(method, Path(base), runs, steps) if model != "tiny-llama2" else (None, [])
+        if recipe is None:
+            path = write_small_recipe(method, base, runs, data, steps, gpu)
+            if path is None:
+                error = "no small recipe passed its --dry-run: add the method to KNOWN in gpu_check_runs.py"
+                rows.append({"model": model, "method": method, "command": f"posttrain {method}", "exit_code": None})
+                rows[-1]["error"] = error
+                continue
+            recipe = str(path)
+        timer = StepTimer().install() if method in SPEED_METHODS else None
+        try:
+            row = train_and_measure(method, model, recipe, settings, runs / method)
+        finally:
+            if timer:
+                timed[method] = {"recipe": recipe, "settings": settings, "times": timer.remove()}
+        rows.append(row)
+        print(f"{model} {method}: exit {row['exit_code']}, {row['seconds']} s, peak {row['peak_gib']} GiB", flush=True)
+    return rows
+
+
+def shipped_t4_recipe(method: str, base: Path, runs: Path, steps: int) -> tuple[str | None, list[str]]:
+    """llama2-7b/METHOD-qlora-t4 pointed at the random model and rows that fill its max_length, as
+    benchmarks/plan_vs_measured.py runs it; (None, []) for a method without a shipped T4 recipe."""
+    from plan_vs_measured import settings_of, write_rows
+    from transformers import AutoTokenizer
+
+    from posttrain.recipe import load_recipe
+
+    name = f"llama2-7b/{method}-qlora-t4"
+    try:
+        load_recipe(name)
+    except Exception:
+        return None, []
+    rows = write_rows(runs / f"{method}-rows.jsonl", method, AutoTokenizer.from_pretrained(base))
+    if method == "rs":  # rs samples every prompt: 4 are enough to measure it
+        rows.write_text("".join(rows.read_text().splitlines(keepends=True)[:4]))
+    settings = settings_of(method, base, runs, rows)  # fp16 on a GPU, as on a T4
+    return name, settings + ([f"train.max_steps={steps}"] if method in SPEED_METHODS else [])
+
+
+def speed(model: str, timed: dict, model_dir: str, runs: Path, warmup: int) -> list[dict]:
+    from gpu_check_runs import DEADLINE
+    from gpu_check_speed import plain_trl_s_per_step, s_per_step
+
+    rows = []
+    for method, run in timed.items():
+        if time.perf_counter() > DEADLINE["at"] or not run["times"]:
+            continue
+        row = {"model": model, "method": method, "posttrain_s_per_step": s_per_step(run["times"], warmup)}
+        row["posttrain_step_times"] = [round(t, 4) for t in run["times"]]
+        try:
+            plain = plain_trl_s_per_step(method, run["recipe"], run["settings"], model_dir, runs / method)
+            row["trl_s_per_step"] = s_per_step(plain["times"], warmup)
+            row["trl_step_times"] = plain["times"]
+        except Exception as err:
+            row["trl_error"] = f"{type(err).__name__}: {err}"[:1000]
+        if row.get("trl_s_per_step") and row["posttrain_s_per_step"]:
+            row["ratio"] = round(row["posttrain_s_per_step"] / row["trl_s_per_step"], 3)
+        rows.append(row)
+        print(f"speed {model} {method}: {row}", flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, required=True, help="folder for gpu_check.json and gpu_check.md")
+    parser.add_argument("--wheels", type=Path, help="folder of wheels to install what is missing from (no network)")
+    parser.add_argument("--layers", type=int, default=4, help="decoder layers of the 7B-shaped model (7B has 32)")
+    parser.add_argument(
+        "--shape-config",
+        type=Path,
+        help="config.json of another shape instead of Llama 2 7B's (a small one checks that part on a CPU)",
+    )
+    parser.add_argument("--tiny", action="store_true", help="CPU plumbing check: tiny-llama2, 2 steps, no GPU figures")
+    parser.add_argument("--work", type=Path, help="folder for models and runs (default: a new temporary one)")
+    parser.add_argument("--budget-s", type=float, default=480, help="start no command after this many seconds")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the GPU machine has no network: fail at once, not on a timeout
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+    requirements = ensure_requirements(args.wheels)
+    report = Report(args.output, {"machine": platform.machine(), "emulating": None, "requirements": requirements})
+    if requirements["missing"]:
+        report.data |= {"all_passed": False, "elapsed_s": round(time.perf_counter() - started, 1)}
+        report.save()
+        print(
+            f"missing: {', '.join(requirements['missing'])} (details in {args.output / 'gpu_check.md'}). Fetch "
+            "wheels with benchmarks/fetch_gpu_wheels.sh DIR on a machine with network, then pass --wheels DIR.",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    import torch
+
+    gpu = torch.cuda.is_available()
+    if not gpu:  # the small models of a CPU check gain nothing from threads, and threads stall on a busy CPU
+        torch.set_num_threads(1)
+    if not gpu and not args.tiny and not args.shape_config:
+        sys.exit("no GPU: run with --tiny (or --shape-config SMALL.json) to check the script itself on a CPU.")
+    if gpu:
+        total = torch.cuda.get_device_properties(0).total_memory / 2**30
+        torch.cuda.set_per_process_memory_fraction(min(1.0, T4_USABLE_GIB / total))
+    report.data |= {
+        "machine": f"{platform.machine()}, {torch.cuda.get_device_name() if gpu else 'no GPU'}",
+        "emulating": f"T4: fp16, PyTorch memory capped at {T4_USABLE_GIB} GiB" if gpu else "no GPU: plumbing only",
+        "cap_gib": T4_USABLE_GIB if gpu else None,
+        "layers_of_7b_shape": None if args.tiny else args.layers,
+        "methods": [],
+        "use": [],
+        "speed": [],
+    }
+    run_parts(args, report, gpu, started)
+    report.data["elapsed_s"] = round(time.perf_counter() - started, 1)
+    report.data["all_passed"] = passed(report.data)
+    report.save()
+    print(f"wrote {args.output / 'gpu_check.json'} and gpu_check.md; all passed: {report.data['all_passed']}")
+    sys.exit(0 if report.data["all_passed"] else 1)
+
+
+def run_parts(args, report: Report, gpu: bool, started: float) -> None:
+    from gpu_check_runs import DEADLINE, ppo_resume, write_data
+
+    DEADLINE["at"] = started + args.budget_s  # commands not started by then are reported with exit code None
+    work = args.work or Path(tempfile.mkdtemp(prefix="gpu-check-"))
+    data = write_data(work / "data")
+    # the speed comparison runs on the T4-like model: the 7B shape on a GPU, tiny-llama2 in --tiny
+    run_model(args, report, "tiny-llama2", "tiny-llama2", work / "tiny", data, gpu, timed=args.tiny)
+    # a checkpoint every 2 steps of 4 on a GPU; every step of 2 in --tiny, where PPO steps are slow
+    report.data["ppo_resume"] = ppo_resume(work / "tiny", work / "resume", data, gpu, save_steps=2 if gpu else 1)
+    report.save()
+    print(f"ppo --resume: {report.data['ppo_resume']}", flush=True)
+    if not args.tiny:
+        from plan_vs_measured import CONFIG, build_model
+
+        base = work / "llama2-7b-shape" / "model"
+        if not (base / "config.json").is_file():
+            build_model(base, args.shape_config or CONFIG, args.layers)
+        shape = f"{args.shape_config.name} shape" if args.shape_config else "llama2-7b shape"
+        run_model(args, report, f"{shape}, {args.layers} layers", str(base), base.parent, data, gpu, timed=True)
+
+
+def run_model(args, report: Report, model: str, base: str, runs: Path, data: dict, gpu: bool, timed: bool) -> None:
+    """Every training method, then generate, merge and eval, then (if timed) posttrain against plain TRL."""
+    from gpu_check_runs import DEADLINE, use_commands
+
+    # timed: 2 warm-up steps and 4 timed ones (1 and 1 in --tiny); else a few steps
+    steps = 2 if args.tiny else 6 if timed else 3
+    times: dict = {}
+    report.data["methods"] += train_methods(model, base, runs, data, steps, gpu, times)
+    report.save()
+    report.data["use"] += [{"model": model} | row for row in use_commands(runs, data, gpu)]
+    report.save()
+    if timed and time.perf_counter() < DEADLINE["at"]:
+        model_dir = base if base != "tiny-llama2" else str(runs / "use" / "merged")  # tiny-llama2's shape
+        report.data["speed"] += speed(model, times, model_dir, runs, warmup=1 if args.tiny else 2)
+        report.save()
+
+
+def passed(d: dict) -> bool:
+    commands = d["methods"] + d["use"]
+    return (
+        bool(commands)
+        and all(r.get("exit_code") == 0 for r in commands)
+        and all(r.get("trl_s_per_step") and r.get("posttrain_s_per_step") for r in d["speed"])
+        and bool((d.get("ppo_resume") or {}).get("reproduced"))
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Seconds per optimizer step of posttrain against a plain TRL script with the same settings, for
+benchmarks/gpu_check.py. The posttrain side is the run the check trains anyway (through the CLI); the TRL side is
+what a user writes with TRL alone, from the same recipe's settings and data. benchmarks/train_speed.py does the same
+on a CPU for smollm2-135m.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+
+class StepTimer(TrainerCallback):
+    """Wall time of each optimizer step of every Trainer built while it is installed."""
+
+    def __init__(self):
+        self.times: list[float] = []
+        self._start = 0.0
+
+    @staticmethod
+    def _sync():
+        if torch.cuda.is_available():  # CUDA runs ahead of Python: wait for the step's kernels to finish
+            torch.cuda.synchronize()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._sync()
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._sync()
+        self.times.append(time.perf_counter() - self._start)
+
+    def install(self) -> StepTimer:
+        # posttrain builds its trainers inside the CLI, where no callback can be passed in; transformers adds its
+        # DEFAULT_CALLBACKS to every Trainer it builds, so the timer goes there.
+        from transformers import trainer
+
+        self.times.clear()
+        trainer.DEFAULT_CALLBACKS.append(self)
+        return self
+
+    def remove(self) -> list[float]:
+        from transformers import trainer
+
+        trainer.DEFAULT_CALLBACKS.remove(self)
+        return list(self.times)
+
+
+def s_per_step(times: list[float], warmup: int) -> float | None:
+    timed = times[warmup:]
+    return round(sum(timed) / len(timed), 4) if timed else None
+
+
+def conversational(row: dict) -> dict:
+    """A preference row with message lists, so that TRL applies the chat template as posttrain does."""
+    if isinstance(row.get("prompt"), str):
+        row = {
+            "prompt": [{"role": "user", "content": row["prompt"]}],
+            "chosen": [{"role": "assistant", "content": row["chosen"]}],
+            "rejected": [{"role": "assistant", "content": row["rejected"]}],
+        }
+    return row
+
+
+def plain_trl_s_per_step(method: str, recipe_ref: str, settings: list[str], model_dir: str, run: Path) -> dict:
+    """Train `method` with TRL alone on `model_dir` with the settings of the recipe posttrain ran (LoRA, quantization,
+    precision, the `train:` keys, max_length, the data file and the chat template of posttrain's run folder)."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
+
+    from posttrain.recipe import load_recipe
+
+    recipe = load_recipe(recipe_ref, settings)
+    fp16 = recipe.model.precision == "fp16"
+    dtype = torch.float16 if fp16 else torch.float32
+    quantization = recipe.model.quantization
+    quant = None
+    if quantization in ("nf4", "fp4"):
+        quant = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=quantization,
+            bnb_4bit_use_double_quant=recipe.model.double_quant,
+            bnb_4bit_compute_dtype=dtype,
+        )
+    elif quantization == "int8":
+        quant = BitsAndBytesConfig(load_in_8bit=True)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=dtype, quantization_config=quant, device_map={"": device} if quant else None
+    )
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.chat_template = (run / "chat_template.jinja").read_text(encoding="utf-8")
+    tokenizer.pad_token = tokenizer.unk_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    rows = [json.loads(line) for line in Path(recipe.data.train).read_text(encoding="utf-8").splitlines()]
+    config_cls, trainer_cls = (SFTConfig, SFTTrainer) if method == "sft" else (DPOConfig, DPOTrainer)
+    if method == "dpo":
+        rows = [conversational(row) for row in rows]
+    config = config_cls(
+        **recipe.train
+        | {
+            "output_dir": str(run.parent / f"plain-trl-{method}"),
+            "max_length": recipe.data.max_length,
+            "fp16": fp16,
+            "bf16": False,
+            "save_strategy": "no",
+            "eval_strategy": "no",
+            "logging_steps": 1000,
+            "report_to": "none",
+        }
+    )
+    lora = recipe.lora
+    timer = StepTimer().install()  # before the trainer is built: a Trainer takes its callbacks when it is made
+    trainer = trainer_cls(
+        model=model,
+        args=config,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=LoraConfig(
+            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules
+        ),
+    )
+    # TRL casts a quantized model's LoRA weights to bf16; fp16 mixed precision (and posttrain) train them in fp32
+    for param in trainer.model.parameters():
+        if param.requires_grad:
+            param.data = param.data.float()
+    try:
+        trainer.train()
+    finally:
+        times = timer.remove()
+    return {"steps": len(times), "times": [round(t, 4) for t in times]}
