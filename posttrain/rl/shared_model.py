@@ -160,7 +160,8 @@ class SharedModel(nn.Module):
         """The reward run's score of each sequence, read at its last real token."""
         with self.adapter(reward_adapter_name(role)):
             hidden = self._last_hidden(batch).float()
-        return self.reward_heads[role](hidden[torch.arange(len(last_index)), last_index]).squeeze(-1)
+        rows = torch.arange(len(last_index), device=hidden.device)
+        return self.reward_heads[role](hidden[rows, last_index]).squeeze(-1)
 
     def generate(self, **kwargs):
         with self.adapter(POLICY), torch.no_grad():
