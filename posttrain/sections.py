@@ -112,8 +112,8 @@ class SamplingSection:
     )
     max_new_tokens: int = field(default=64, metadata=_help("longest response sampled"))
     temperature: float = field(default=1.0, metadata=_help("sampling temperature"))
-    top_k: int = field(default=0, metadata=_help("sample from the k likeliest tokens (0: all)"))
-    top_p: float = field(default=1.0, metadata=_help("nucleus sampling mass"))
+    top_k: int = field(default=0, metadata=_help("sample from the k likeliest tokens (0: all; rs only, ppo needs 0)"))
+    top_p: float = field(default=1.0, metadata=_help("nucleus sampling mass (rs only, ppo needs 1.0)"))
     safety_threshold: float = field(default=0.15, metadata=_help("Llama 2: use the safety score below this"))
     missing_eos_penalty: float = field(
         default=1.0, metadata=_help("subtracted from the score of a response with no EOS")
@@ -159,6 +159,13 @@ class PPOSection(SamplingSection):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        for key, value, off in (("top_k", self.top_k, 0), ("top_p", self.top_p, 1.0)):
+            if value != off:
+                raise UserError(
+                    f"ppo.{key} must be {off} (off), got {value}: PPO optimises the log-probabilities of the "
+                    "distribution it samples from, and top-k/top-p truncate that distribution in a way the "
+                    "policy's log-probabilities do not show. Shape sampling with ppo.temperature alone."
+                )
         if self.mini_batch_size > self.batch_size or self.batch_size % self.mini_batch_size:
             raise UserError(
                 f"ppo.batch_size ({self.batch_size}) must be a multiple of ppo.mini_batch_size "
