@@ -115,8 +115,18 @@ class SamplingSection:
     top_k: int = field(default=0, metadata=_help("sample from the k likeliest tokens (0: all; rs only, ppo needs 0)"))
     top_p: float = field(default=1.0, metadata=_help("nucleus sampling mass (rs only, ppo needs 1.0)"))
     safety_threshold: float = field(default=0.15, metadata=_help("Llama 2: use the safety score below this"))
+    truncated: Literal["fixed_score", "append_eos"] = field(
+        default="fixed_score",
+        metadata=_help(
+            "a response cut off at max_new_tokens: fixed_score gets truncated_score; append_eos is scored by the "
+            "reward run with EOS appended"
+        ),
+    )
+    truncated_score: float = field(
+        default=-10.0, metadata=_help("score of a cut-off response (truncated: fixed_score); below any real one")
+    )
     missing_eos_penalty: float = field(
-        default=1.0, metadata=_help("subtracted from the score of a response with no EOS")
+        default=1.0, metadata=_help("subtracted from the score of a response with no EOS, however it was scored")
     )
     seed: int = field(default=42, metadata=_help("seed of sampling and prompt order"))
 

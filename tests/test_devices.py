@@ -68,7 +68,7 @@ def test_ppo_math_stays_on_the_device_of_its_inputs():
 def test_response_bookkeeping_stays_on_the_device_of_the_responses():
     mask, has_eos = response_mask_of(meta(2, 6, dtype=torch.long), eos_id=2)
     samples = Samples({}, 4, mask, has_eos, [{"safety": False}, {"safety": True}], ["a", "b"])
-    assert {t.device.type for t in (mask, has_eos, samples.last_index, samples.safety)} == {"meta"}
+    assert {t.device.type for t in (mask, has_eos, samples.safety)} == {"meta"}
 
 
 def test_a_ppo_step_makes_every_tensor_on_its_device(rl_recipe, ppo_trainer):

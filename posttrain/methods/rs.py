@@ -63,7 +63,7 @@ def sample_and_select(stage: Stage, prompts: list[dict], rewards: dict[str, Path
         # under the autocast SFT and reward training ran under, so scores are those the reward run was trained to
         with autocast(stage.precision, base.device.type):
             samples = sample(shared, stage.tokenizer, prompts[start : start + s.batch_size], s, base.device, k)
-            scores = reward_scores(shared, samples, roles, s.safety_threshold).tolist()
+            scores = reward_scores(shared, samples, roles, s).tolist()
         finished = samples.has_eos.tolist()
         for i in range(0, len(scores), k):
             candidates.append(

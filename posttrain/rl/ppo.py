@@ -93,7 +93,7 @@ class PPOTrainer:
             logits, values = self.model(**batch)
             logprobs = response_logprobs(logits, batch, query_length, s.temperature)
             ref_logprobs = response_logprobs(shared.reference_logits(batch), batch, query_length, s.temperature)
-            scores = reward_scores(shared, samples, self.roles, s.safety_threshold)
+            scores = reward_scores(shared, samples, self.roles, s)
         values = values[:, query_length - 1 : -1].float()
         shaped = scores - s.missing_eos_penalty * (~samples.has_eos).float()
         if s.whiten_rewards and len(scores) > 1:
