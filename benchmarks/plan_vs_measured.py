@@ -90,7 +90,8 @@ def settings_of(method: str, base: Path, work: Path, rows: Path) -> list[str]:
         settings += ["train.max_steps=3", "train.save_steps=1000", "train.logging_steps=1"]
     settings.append(f"model.name={work / 'sft' if 'sft' in about.starts_from else base}")
     if method == "rs":
-        settings += [f"rs.reward={work / 'reward'}", "rs.iterations=1"]
+        # a random model's answers never end: keep them, or rs would leave every prompt out
+        settings += [f"rs.reward={work / 'reward'}", "rs.iterations=1", "rs.keep_cut_off=true"]
     if method == "ppo":
         settings += [f"ppo.reward={work / 'reward'}", "ppo.steps=2"]
     return settings

@@ -60,6 +60,13 @@ def torch_dtype(precision: str):
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
+def autocast(precision: str, device_type: str):
+    """The autocast TRL's trainers (and accelerate) run a model under at this precision; none in fp32."""
+    import torch
+
+    return torch.autocast(device_type, dtype=torch_dtype(precision), enabled=precision != "fp32")
+
+
 def trainer_flags(precision: str, hardware: Hardware) -> dict[str, bool]:
     """The TrainingArguments switches for a precision (TRL's configs default to bf16=True)."""
     return {

@@ -112,11 +112,21 @@ class SamplingSection:
     )
     max_new_tokens: int = field(default=64, metadata=_help("longest response sampled"))
     temperature: float = field(default=1.0, metadata=_help("sampling temperature"))
-    top_k: int = field(default=0, metadata=_help("sample from the k likeliest tokens (0: all)"))
-    top_p: float = field(default=1.0, metadata=_help("nucleus sampling mass"))
+    top_k: int = field(default=0, metadata=_help("sample from the k likeliest tokens (0: all; rs only, ppo needs 0)"))
+    top_p: float = field(default=1.0, metadata=_help("nucleus sampling mass (rs only, ppo needs 1.0)"))
     safety_threshold: float = field(default=0.15, metadata=_help("Llama 2: use the safety score below this"))
+    truncated: Literal["fixed_score", "append_eos"] = field(
+        default="fixed_score",
+        metadata=_help(
+            "a response cut off at max_new_tokens: fixed_score gets truncated_score; append_eos is scored by the "
+            "reward run with EOS appended"
+        ),
+    )
+    truncated_score: float = field(
+        default=-10.0, metadata=_help("score of a cut-off response (truncated: fixed_score); below any real one")
+    )
     missing_eos_penalty: float = field(
-        default=1.0, metadata=_help("subtracted from the score of a response with no EOS")
+        default=1.0, metadata=_help("subtracted from the score of a response with no EOS, however it was scored")
     )
     seed: int = field(default=42, metadata=_help("seed of sampling and prompt order"))
 
@@ -159,6 +169,13 @@ class PPOSection(SamplingSection):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        for key, value, off in (("top_k", self.top_k, 0), ("top_p", self.top_p, 1.0)):
+            if value != off:
+                raise UserError(
+                    f"ppo.{key} must be {off} (off), got {value}: PPO optimises the log-probabilities of the "
+                    "distribution it samples from, and top-k/top-p truncate that distribution in a way the "
+                    "policy's log-probabilities do not show. Shape sampling with ppo.temperature alone."
+                )
         if self.mini_batch_size > self.batch_size or self.batch_size % self.mini_batch_size:
             raise UserError(
                 f"ppo.batch_size ({self.batch_size}) must be a multiple of ppo.mini_batch_size "
@@ -173,6 +190,10 @@ class RSSection(SamplingSection):
     iterations: int = field(default=2, metadata=_help("rounds of sample -> keep the best -> fine-tune"))
     samples_per_prompt: int = field(default=4, metadata=_help("K: responses sampled per prompt, best one kept"))
     batch_size: int = field(default=8, metadata=_help("prompts sampled together (each K times)"))
+    keep_cut_off: bool = field(
+        default=False,
+        metadata=_help("keep a prompt whose every answer was cut off (its best is then trained to stop there)"),
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -121,3 +121,52 @@ def reward_run(tmp_path_factory, reward_pairs) -> Path:
     return train_tiny_run(
         folder, "reward", str(reward_pairs), learning_rate=3e-3, max_steps=20, per_device_train_batch_size=4
     )
+
+
+@pytest.fixture
+def rl_recipe(tmp_path, sft_run, reward_run):
+    """Write a small ppo or rs recipe from the session's SFT and reward runs and return its path; `model` and the
+    method section's keys override the defaults."""
+
+    def write(method: str = "ppo", model: dict | None = None, **section) -> Path:
+        defaults = {
+            "ppo": {"steps": 1, "batch_size": 2, "mini_batch_size": 2, "save_steps": 1},
+            "rs": {"iterations": 1, "samples_per_prompt": 2, "batch_size": 2},
+        }[method]
+        recipe = {
+            "method": method,
+            "model": {"name": str(sft_run), "quantization": "none"} | (model or {}),
+            "data": {"train": "builtin:pirate_sft", "max_length": 192},
+            method: {"reward": str(reward_run), "max_new_tokens": 8} | defaults | section,
+            "output_dir": str(tmp_path / method),
+        }
+        if method == "rs":  # ppo takes no train: section
+            recipe["train"] = {"max_steps": 1, "activation_checkpointing": False, "report_to": "none"}
+        path = tmp_path / f"{method}.yaml"
+        path.write_text(f"# posttrain {method} {path.name}\n" + yaml.safe_dump(recipe), encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture
+def ppo_trainer():
+    """Build posttrain's PPO trainer for a ppo recipe file, under the given accelerator (default: fp32 on CPU)."""
+
+    def build(path: Path, accelerator=None, **settings):
+        from accelerate import Accelerator
+
+        from posttrain.methods import ppo
+        from posttrain.methods.common import start_run
+        from posttrain.recipe import load_recipe
+        from posttrain.rl.ppo_trainer import PPOTrainer
+
+        recipe = load_recipe(str(path))
+        stage = ppo.prepare(recipe)
+        start_run(stage, resume=False, overwrite=True)
+        shared = ppo.build_shared_model(stage)
+        accelerator = accelerator or Accelerator(cpu=True)
+        prompts = stage.data.prompts
+        return PPOTrainer(shared, stage.tokenizer, prompts, recipe.ppo, stage.run, accelerator, lambda _: None)
+
+    return build

@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from posttrain.data.prepare import PreparedData
+from posttrain.errors import UserError
 from posttrain.methods import sft
 from posttrain.methods.common import Stage, processes
 from posttrain.methods.trl_backed import train_and_finish
@@ -30,10 +31,17 @@ from posttrain.runs import RunFolder
 ROUND_PATTERN = "round-*"
 
 
-def select_best(prompts: list[dict], candidates: list[list[dict]], missing_eos_penalty: float) -> list[dict]:
-    """Per prompt, the candidate with the highest score (less the penalty if it never ended), and all of them."""
+def select_best(
+    prompts: list[dict], candidates: list[list[dict]], missing_eos_penalty: float, keep_cut_off: bool = False
+) -> list[dict]:
+    """Per prompt, the candidate with the highest score (less the penalty if it never ended), and all of them.
+    A prompt whose every candidate was cut off at max_new_tokens keeps none (response None): fine-tuning on a
+    cut-off answer, which SFT ends with EOS, would teach the policy to stop mid-sentence (keep_cut_off: it does)."""
     selected = []
     for prompt, group in zip(prompts, candidates, strict=True):
+        if not keep_cut_off and not any(c["finished"] for c in group):
+            selected.append({"prompt": prompt["prompt"], "response": None, "score": None, "candidates": group})
+            continue
         best = max(group, key=lambda c: c["score"] - missing_eos_penalty * (not c["finished"]))
         selected.append(
             {"prompt": prompt["prompt"], "response": best["response"], "score": best["score"], "candidates": group}
@@ -45,6 +53,7 @@ def sample_and_select(stage: Stage, prompts: list[dict], rewards: dict[str, Path
     """Round `number`'s best-of-K answers from the policy in `adapter`."""
     import torch
 
+    from posttrain.precision import autocast
     from posttrain.rl.sampling import reward_scores, sample
     from posttrain.rl.shared_model import SharedModel
 
@@ -55,8 +64,10 @@ def sample_and_select(stage: Stage, prompts: list[dict], rewards: dict[str, Path
     roles, k, candidates = list(rewards), s.samples_per_prompt, []
     for start in range(0, len(prompts), s.batch_size):
         torch.manual_seed(s.seed * 100_003 + number * 1_009 + start)  # the same draw when a round is redone
-        samples = sample(shared, stage.tokenizer, prompts[start : start + s.batch_size], s, base.device, k)
-        scores = reward_scores(shared, samples, roles, s.safety_threshold).tolist()
+        # under the autocast SFT and reward training ran under, so scores are those the reward run was trained to
+        with autocast(stage.precision, base.device.type):
+            samples = sample(shared, stage.tokenizer, prompts[start : start + s.batch_size], s, base.device, k)
+            scores = reward_scores(shared, samples, roles, s).tolist()
         finished = samples.has_eos.tolist()
         for i in range(0, len(scores), k):
             candidates.append(
@@ -69,12 +80,13 @@ def sample_and_select(stage: Stage, prompts: list[dict], rewards: dict[str, Path
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return select_best(prompts, candidates, s.missing_eos_penalty)
+    return select_best(prompts, candidates, s.missing_eos_penalty, s.keep_cut_off)
 
 
 def fine_tune(stage: Stage, selected: list[dict], adapter: Path | None, folder: Path, scores: dict) -> dict:
     """SFT of the policy in `adapter` on the kept answers; the new adapter lands in folder/adapter."""
-    rows = [{"messages": row["prompt"] + [{"role": "assistant", "content": row["response"]}]} for row in selected]
+    kept = [row for row in selected if row["response"] is not None]
+    rows = [{"messages": row["prompt"] + [{"role": "assistant", "content": row["response"]}]} for row in kept]
     round_stage = replace(stage, adapter=adapter, run=RunFolder(folder), data=PreparedData("best-of-k", rows))
     trainer = sft.build_trainer(round_stage)
     resume = round_stage.run.latest_checkpoint() is not None
@@ -85,10 +97,17 @@ def fine_tune(stage: Stage, selected: list[dict], adapter: Path | None, folder: 
 
 def round_scores(selected: list[dict], number: int) -> dict:
     every = [c["score"] for row in selected for c in row["candidates"]]
+    kept = [row["score"] for row in selected if row["response"] is not None]
+    if not kept:
+        raise UserError(
+            f"rs round {number}: every sampled answer to every prompt was cut off at rs.max_new_tokens, so there is "
+            "nothing to fine-tune on. Raise rs.max_new_tokens (and data.max_length with it)."
+        )
     return {
         "round": number,
         "mean_score": sum(every) / len(every),  # the policy's own level before this round's fine-tuning
-        "best_score": sum(row["score"] for row in selected) / len(selected),  # what it is fine-tuned on
+        "best_score": sum(kept) / len(kept),  # what it is fine-tuned on
+        "cut_off_prompts": len(selected) - len(kept),  # every answer cut off: left out of the fine-tuning
     }
 
 
@@ -127,13 +146,18 @@ def train(stage: Stage, *, resume: bool, echo: Callable[[str], None] = print) ->
         metrics["fine_tuning_s"] = round(time.perf_counter() - started, 1)
         adapter = folder / "adapter"
         history.append(metrics)
+        cut_off = scores["cut_off_prompts"]
         echo(
             f"round {number}/{s.iterations}: mean score {scores['mean_score']:.3f}, best of "
             f"{s.samples_per_prompt} {scores['best_score']:.3f}, SFT loss {metrics['train']['train_loss']:.4f}"
+            + (f", {cut_off} prompts left out (all {s.samples_per_prompt} answers cut off)" if cut_off else "")
         )
     metrics = {
         "rounds": [
-            {k: m.get(k) for k in ("round", "mean_score", "best_score", "sampling_s", "fine_tuning_s")}
+            {
+                k: m.get(k)
+                for k in ("round", "mean_score", "best_score", "cut_off_prompts", "sampling_s", "fine_tuning_s")
+            }
             | {"train_loss": m["train"]["train_loss"]}
             for m in history
         ]

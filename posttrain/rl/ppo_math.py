@@ -29,15 +29,15 @@ def kl_shaped_rewards(scores, logprobs, ref_logprobs, mask, beta: float) -> tupl
     kl = (logprobs - ref_logprobs) * mask
     rewards = -beta * kl
     last = mask.sum(dim=1).long().clamp(min=1) - 1  # index of each response's final real token
-    rewards[torch.arange(len(scores)), last] += scores
+    rewards[torch.arange(len(scores), device=rewards.device), last] += scores
     return rewards, kl
 
 
 def gae(rewards, values, mask, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation over each response; returns (advantages, returns)."""
     advantages = torch.zeros_like(rewards)
-    next_advantage = torch.zeros(rewards.shape[0], dtype=rewards.dtype)
-    next_value = torch.zeros(rewards.shape[0], dtype=rewards.dtype)
+    next_advantage = rewards.new_zeros(rewards.shape[0])  # on the rewards' device (a GPU), not the CPU
+    next_value = rewards.new_zeros(rewards.shape[0])
     for t in reversed(range(rewards.shape[1])):
         delta = rewards[:, t] + gamma * next_value - values[:, t]
         next_advantage = (delta + gamma * lam * next_advantage) * mask[:, t]

@@ -42,9 +42,10 @@ class Rollout:
     texts: list[tuple[str, str]]  # (prompt, response)
 
 
-def response_logprobs(logits: torch.Tensor, batch: dict, query_length: int) -> torch.Tensor:
-    """Log-probabilities of the response tokens (the logits at position t predict token t + 1)."""
-    logits = logits[:, query_length - 1 : -1].float()
+def response_logprobs(logits: torch.Tensor, batch: dict, query_length: int, temperature: float) -> torch.Tensor:
+    """Log-probabilities of the response tokens (the logits at position t predict token t + 1) under the
+    distribution they were sampled from: the logits divided by the sampling temperature."""
+    logits = logits[:, query_length - 1 : -1].float() / temperature
     tokens = batch["input_ids"][:, query_length:]
     return torch.log_softmax(logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
@@ -80,16 +81,19 @@ class PPOTrainer:
         timings = {}
         started = time.perf_counter()
         torch.manual_seed(s.seed * 100_003 + step * 1_009 + self.accelerator.process_index)
-        samples = sample(shared, self.tokenizer, self._prompt_batch(step), s, self.accelerator.device)
+        # Every pass runs under the autocast the policy's optimisation runs under (accelerate wraps only the
+        # prepared model), so at step 0 the policy and the reference agree exactly.
+        with self.accelerator.autocast():
+            samples = sample(shared, self.tokenizer, self._prompt_batch(step), s, self.accelerator.device)
         batch, query_length = samples.batch, samples.query_length
         timings["generation_s"] = time.perf_counter() - started
 
         started = time.perf_counter()
-        with torch.no_grad():
+        with torch.no_grad(), self.accelerator.autocast():
             logits, values = self.model(**batch)
-            logprobs = response_logprobs(logits, batch, query_length)
-            ref_logprobs = response_logprobs(shared.reference_logits(batch), batch, query_length)
-            scores = reward_scores(shared, samples, self.roles, s.safety_threshold)
+            logprobs = response_logprobs(logits, batch, query_length, s.temperature)
+            ref_logprobs = response_logprobs(shared.reference_logits(batch), batch, query_length, s.temperature)
+            scores = reward_scores(shared, samples, self.roles, s)
         values = values[:, query_length - 1 : -1].float()
         shaped = scores - s.missing_eos_penalty * (~samples.has_eos).float()
         if s.whiten_rewards and len(scores) > 1:
@@ -126,7 +130,7 @@ class PPOTrainer:
                 mb = {k: v[chunk] for k, v in rollout.batch.items()}
                 mask = rollout.response_mask[chunk]
                 logits, values = self.model(**mb)
-                logprobs = response_logprobs(logits, mb, rollout.query_length)
+                logprobs = response_logprobs(logits, mb, rollout.query_length, s.temperature)
                 values = values[:, rollout.query_length - 1 : -1].float()
                 pg, clipped = policy_loss(
                     logprobs, rollout.logprobs[chunk], rollout.advantages[chunk], mask, s.clip_range
@@ -137,7 +141,7 @@ class PPOTrainer:
                 self.optimizer.step()
                 self.optimizer.zero_grad()
                 with torch.no_grad():
-                    ent = entropy(logits[:, rollout.query_length - 1 : -1], mask)
+                    ent = entropy(logits[:, rollout.query_length - 1 : -1] / s.temperature, mask)
                 for key, value in zip(stats, (pg, vf, clipped, ent), strict=True):
                     stats[key].append(value.item())
         return {key: sum(v) / len(v) for key, v in stats.items()}
@@ -184,15 +188,23 @@ class PPOTrainer:
     # ------------------------------------------------------------ checkpoints
 
     def save_checkpoint(self, step: int) -> None:
-        """Trainable weights (policy and value LoRA, value head), optimiser state and the metrics so far."""
+        """Trainable weights (policy and value LoRA, value head), optimiser state, the fp16 loss scale and the
+        metrics so far."""
         if not self.accelerator.is_main_process:
             return
         folder = self.run.checkpoints / f"checkpoint-{step}"
         staging = folder.with_name(folder.name + ".partial")
         staging.mkdir(parents=True, exist_ok=True)
         trainable = {n: p.detach().cpu() for n, p in self.shared.named_parameters() if p.requires_grad}
+        scaler = self.accelerator.scaler  # fp16 only: the loss scale adapts as training goes
         torch.save(
-            {"trainable": trainable, "optimizer": self.optimizer.state_dict(), "step": step, "history": self.history},
+            {
+                "trainable": trainable,
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "step": step,
+                "history": self.history,
+            },
             staging / "state.pt",
         )
         staging.rename(folder)
@@ -204,6 +216,8 @@ class PPOTrainer:
             for name, value in state["trainable"].items():
                 params[name].copy_(value)
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.accelerator.scaler is not None and state.get("scaler") is not None:
+            self.accelerator.scaler.load_state_dict(state["scaler"])
         self.history, self.start_step = state["history"], state["step"]
         # samples.jsonl keeps only the steps the checkpoint covers, so a resumed run writes each step once
         samples = self.run.path / "samples.jsonl"

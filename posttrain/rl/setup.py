@@ -41,9 +41,29 @@ def check_reward_run(run: str, stage: Stage, key: str) -> Path:
             f"{key}: {run} was trained on {ref.name}, but the policy's base is {stage.model.name}; "
             "PPO shares one base model, so both runs must use the same one."
         )
-    if AutoTokenizer.from_pretrained(ref.tokenizer).get_vocab() != stage.tokenizer.get_vocab():
+    reward_tokenizer = AutoTokenizer.from_pretrained(ref.tokenizer)
+    if reward_tokenizer.get_vocab() != stage.tokenizer.get_vocab():
         raise UserError(f"{key}: {run} uses a different tokenizer from the policy; retrain it from the same base.")
+    differences = tokenizer_differences(reward_tokenizer, stage.tokenizer)
+    if differences:
+        raise UserError(
+            f"{key}: {run} and the policy ({stage.recipe.model.name}) render conversations differently: "
+            f"{'; '.join(differences)}. The reward run would score text laid out unlike what it was trained on; "
+            "train both runs with the same model.chat_template and tokenizer."
+        )
     return ref.adapter
+
+
+def tokenizer_differences(reward_tokenizer, policy_tokenizer) -> list[str]:
+    """What the reward run's tokenizer renders or marks differently from the policy's (empty: none)."""
+    differences = [
+        f"{name} token {getattr(reward_tokenizer, name)!r} (reward) vs {getattr(policy_tokenizer, name)!r} (policy)"
+        for name in ("bos_token", "eos_token", "pad_token")
+        if getattr(reward_tokenizer, name) != getattr(policy_tokenizer, name)
+    ]
+    if reward_tokenizer.chat_template != policy_tokenizer.chat_template:
+        differences.append("the chat template")
+    return differences
 
 
 def prepare_rl_stage(recipe: Recipe, prompt_room: int, echo: Callable[[str], None]) -> Stage:

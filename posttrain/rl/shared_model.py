@@ -36,7 +36,30 @@ def _load_lora_onto(model, adapter_dir: Path, name: str, trainable: bool) -> tor
     state = load_file(str(adapter_dir / "adapter_model.safetensors"))
     score = next((v for k, v in state.items() if k.endswith("score.weight")), None)
     set_peft_model_state_dict(model, {k: v for k, v in state.items() if "lora_" in k}, adapter_name=name)
+    _check_adapter_keys(model, state, name, adapter_dir)
     return score
+
+
+def _check_adapter_keys(model, saved: dict, name: str, adapter_dir: Path) -> None:
+    """PEFT loads adapter weights leniently (strict=False) and only warns; here a LoRA weight the file lacks (it
+    would stay at its initial value) or one the model has no place for (it would be dropped) is an error."""
+    from peft import get_peft_model_state_dict
+
+    from posttrain.errors import UserError
+
+    expected = {k for k in get_peft_model_state_dict(model, adapter_name=name) if "lora_" in k}
+    found = {k for k in saved if "lora_" in k}
+    missing, unexpected = sorted(expected - found), sorted(found - expected)
+    if missing or unexpected:
+        parts = [
+            f"{len(keys)} {what} (first: {keys[0]})"
+            for what, keys in (("missing", missing), ("unexpected", unexpected))
+            if keys
+        ]
+        raise UserError(
+            f"{adapter_dir}: the adapter's LoRA weights do not match the model: {'; '.join(parts)}. The file is "
+            "damaged or belongs to another model or LoRA configuration; retrain that run or restore its adapter/."
+        )
 
 
 class SharedModel(nn.Module):
@@ -160,7 +183,8 @@ class SharedModel(nn.Module):
         """The reward run's score of each sequence, read at its last real token."""
         with self.adapter(reward_adapter_name(role)):
             hidden = self._last_hidden(batch).float()
-        return self.reward_heads[role](hidden[torch.arange(len(last_index)), last_index]).squeeze(-1)
+        rows = torch.arange(len(last_index), device=hidden.device)
+        return self.reward_heads[role](hidden[rows, last_index]).squeeze(-1)
 
     def generate(self, **kwargs):
         with self.adapter(POLICY), torch.no_grad():
@@ -170,10 +194,13 @@ class SharedModel(nn.Module):
 def _policy(base, lora_config, adapter: Path | None):
     """A PEFT model whose `policy` adapter starts as `adapter` (a fresh LoRA when there is none)."""
     from peft import PeftModel, get_peft_model
+    from safetensors.torch import load_file
 
     if adapter is None:
         return get_peft_model(base, lora_config, adapter_name=POLICY)
-    return PeftModel.from_pretrained(base, str(adapter), adapter_name=POLICY, is_trainable=True)
+    model = PeftModel.from_pretrained(base, str(adapter), adapter_name=POLICY, is_trainable=True)
+    _check_adapter_keys(model, load_file(str(adapter / "adapter_model.safetensors")), POLICY, adapter)
+    return model
 
 
 def _reward_heads(peft_model, reward_adapters: dict[str, Path]) -> dict[str, nn.Linear]:
