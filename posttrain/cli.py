@@ -1,6 +1,8 @@
 """The `posttrain` command. Heavy libraries are imported inside commands so `posttrain --help` is instant.
 
-Exit status: 0 success; 2 a user error (bad recipe, data, path, hardware request); 1 an unexpected failure.
+Exit status: 0 success; 2 a user error (bad recipe, data, path, hardware request, an output another command is
+writing, a save that failed for lack of room or permission); 3 stopped on SIGTERM or Ctrl-C with a checkpoint to
+resume from; 1 an unexpected failure.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from posttrain.cli_support import quiet_libraries, reports_user_errors
+from posttrain.cli_support import quiet_libraries, reports_user_errors, training_guards
 from posttrain.cli_use import use_app
 
 app = typer.Typer(
@@ -99,7 +101,9 @@ def train(
     echo = typer.echo if talks else lambda _: None
     options = {"resume": resume, "overwrite": overwrite, "dry_run": dry_run or launch is not None, "echo": echo}
     # ppo is posttrain's own trainer; the TRL-backed methods share run_method
-    metrics = module.run(loaded, **options) if hasattr(module, "run") else run_method(module, loaded, **options)
+    resume_command = shlex.join(["posttrain", *training_args(method, recipe, overrides, output_dir, True, False)])
+    with training_guards(loaded.output_dir, resume_command):
+        metrics = module.run(loaded, **options) if hasattr(module, "run") else run_method(module, loaded, **options)
     if launch is not None:
         args = training_args(method, recipe, overrides, output_dir, resume, overwrite)
         typer.echo(f"{'would launch' if dry_run else 'launching'}: {shlex.join(launch.command(args))}")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from posttrain import stopping
 from posttrain.data.prepare import PreparedData, prepare_data
 from posttrain.errors import UserError
 from posttrain.models.loading import ModelRef, add_lora, load_base_model, load_tokenizer, method_of_run, resolve_model
@@ -129,12 +130,14 @@ def prepare_method(recipe: Recipe, defaults: dict, preference: bool = False, mar
 
 def trl_trainer(trainer_cls: type, config, stage: Stage, data: PreparedData, task_type: str = "CAUSAL_LM", **extra):
     """A TRL trainer on the 4-bit base with its LoRA adapter, the prepared data and the run's TensorBoard logs."""
+    from posttrain.methods.callbacks import StopOnSignal
+
     seed_everything(config.seed)  # before the adapter's (and a score head's) random init, not only in the trainer
     return trainer_cls(
         model=load_trainable_model(stage, task_type),
         args=config,
         processing_class=stage.tokenizer,
-        callbacks=tensorboard_callbacks(config, stage.run.logs),
+        callbacks=tensorboard_callbacks(config, stage.run.logs) + [StopOnSignal()],
         **datasets_of(data),
         **extra,
     )
@@ -176,8 +179,8 @@ def processes(stage: Stage):
 def start_run(stage: Stage, *, resume: bool, overwrite: bool) -> None:
     """Claim the run folder. Under several processes every one checks it before the main process changes it (else
     a late check would find the main process's new recipe.yaml and refuse); only the main process writes."""
-    stage.run.check_writable(resume=resume, overwrite=overwrite)
     state = processes(stage)
+    stage.run.claim(resume=resume, overwrite=overwrite, main=state.is_main_process)  # locked until the run ends
     state.wait_for_everyone()
     if state.is_main_process:
         stage.run.start(resume=resume, overwrite=overwrite)
@@ -201,8 +204,9 @@ def tensorboard_callbacks(config, logs_dir: Path) -> list:
 def train_and_finish(stage: Stage, trainer, *, resume: bool, extra_metrics: Callable[[], dict]) -> dict:
     """Train (from the last checkpoint with --resume), save adapter and tokenizer, then write metrics.json."""
     keep_trainable_fp32(trainer.model)
-    checkpoint = str(stage.run.latest_checkpoint()) if resume else None
+    checkpoint = str(stage.run.resume_from(trainer.is_world_process_zero())) if resume else None
     result = trainer.train(resume_from_checkpoint=checkpoint)
+    stopping.raise_if_requested(trainer.state.global_step, stage.run)  # SIGTERM or Ctrl-C: stopped with a checkpoint
     metrics = {"train": result.metrics, "final_step": trainer.state.global_step}
     if trainer.eval_dataset is not None:
         metrics["eval"] = trainer.evaluate()
@@ -251,12 +255,14 @@ def run_method(
     trainer = method.build_trainer(stage, data)
     if before_train is not None:
         before_train(trainer)
-    return train_and_finish(
+    metrics = train_and_finish(
         stage,
         trainer,
         resume=resume,
         extra_metrics=lambda: data_metrics(data) | method.extra_metrics(trainer, stage, data),
     )
+    stage.run.release()
+    return metrics
 
 
 def describe_data(data: PreparedData) -> list[str]:

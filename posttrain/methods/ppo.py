@@ -147,13 +147,14 @@ def run(
     accelerator = Accelerator(mixed_precision=mixed, cpu=stage.hardware.device == "cpu")
     trainer = PPOTrainer(build_shared_model(stage, rewards), stage.tokenizer, prompts, s, stage.run, accelerator, echo)
     if resume:
-        trainer.load_checkpoint(stage.run.latest_checkpoint())
+        trainer.load_checkpoint(stage.run.resume_from(accelerator.is_main_process))
     history = trainer.train()
     metrics = {"steps": history, "final": average(history[-3:]), "first": average(history[:3])}
     if accelerator.is_main_process:
         save_policy(trainer.shared, stage)
         stage.run.write_metrics(metrics)
     accelerator.wait_for_everyone()
+    stage.run.release()
     return metrics
 
 

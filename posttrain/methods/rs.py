@@ -102,7 +102,7 @@ def run(
     s = recipe.rs
     stage, prompts, rewards = ppo.prepare(recipe, prompt_room=s.max_new_tokens, echo=echo)
     recipe.train = sft.TRAIN_DEFAULTS | {"assistant_only_loss": True} | recipe.train
-    stage.run = RunFolder(stage.run.path, checkpoint_pattern=ROUND_PATTERN)
+    stage.run = RunFolder(stage.run.path, checkpoint_pattern=ROUND_PATTERN, markers=())  # any round is resumable
     stage.run.check_writable(resume=resume, overwrite=overwrite)
     for line in ppo.plan_lines(stage, prompts, rewards) + [
         f"rs          {s.iterations} rounds: {s.samples_per_prompt} samples per prompt (max_new_tokens "
@@ -117,7 +117,7 @@ def run(
     adapter, history = stage.adapter, []
     for number in range(1, s.iterations + 1):
         folder = run_folder.checkpoints / f"round-{number}"
-        if (folder / "adapter").is_dir():  # finished before an interruption
+        if (folder / "metrics.json").is_file():  # finished before an interruption (written after adapter/)
             adapter = folder / "adapter"
             history.append(json.loads((folder / "metrics.json").read_text(encoding="utf-8")))
             continue
@@ -152,6 +152,7 @@ def run(
         staging.rename(run_folder.adapter)
         stage.tokenizer.save_pretrained(run_folder.path)
         run_folder.write_metrics(metrics | {"final": metrics["rounds"][-1]})
+    run_folder.release()
     return metrics
 
 
