@@ -117,8 +117,10 @@ def test_output_dir_that_is_not_a_run_is_never_touched(write_recipe, tmp_path):
 def test_unfinished_run_is_kept_and_the_message_fits_what_is_there(write_recipe, tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "recipe.yaml").write_text("method: sft\n")  # a run that died before its first checkpoint
-    assert_user_error(invoke("sft", write_recipe()), "unfinished run with no checkpoint yet. Pass --overwrite")
-    (tmp_path / "run" / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    assert_user_error(invoke("sft", write_recipe()), "unfinished run with no complete checkpoint yet. Pass --overwrite")
+    (tmp_path / "run" / "checkpoints" / "checkpoint-2").mkdir(parents=True)  # a save that never finished
+    assert_user_error(invoke("sft", write_recipe()), "unfinished run with no complete checkpoint yet. Pass --overwrite")
+    (tmp_path / "run" / "checkpoints" / "checkpoint-2" / "trainer_state.json").write_text("{}")  # written last
     assert_user_error(invoke("sft", write_recipe()), "holds an unfinished run. Continue it with --resume")
 
 

@@ -152,6 +152,7 @@ def test_orpo_losses_are_pinned(root):
 
 def test_rs_rounds_are_pinned(root, sft_metrics, reward_metrics):
     rs = {"reward": str(root / "reward"), "iterations": 2, "samples_per_prompt": 2, "max_new_tokens": 8}
+    rs["keep_cut_off"] = True  # tiny-llama2's answers rarely end within 8 tokens
     metrics = run(root, "rs", str(root / "sft"), prompts(root), rs=rs, train=TRAIN | {"max_steps": 2})
     check_pinned("rs", rs_rounds(metrics))
 

@@ -87,6 +87,7 @@ def test_resume_redoes_only_the_lost_round(tmp_path, sft_run, reward_run):
     # as if killed while fine-tuning round 2
     for lost in (run / "checkpoints" / "round-2" / "adapter", run / "adapter"):
         shutil.rmtree(lost)
+    (run / "checkpoints" / "round-2" / "metrics.json").unlink()
     (run / "metrics.json").unlink()
     result = CliRunner().invoke(app, ["rs", str(path), "--resume"])
     assert result.exit_code == 0, result.output

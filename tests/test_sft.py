@@ -51,9 +51,9 @@ def test_run_folder_holds_everything_design_promises(write_recipe, tmp_path):
         "tokenizer.json",
         "chat_template.jinja",
         "metrics.json",
-        "checkpoints/checkpoint-2",
     ):
         assert (run / piece).exists(), piece
+    assert not (run / "checkpoints" / "checkpoint-2").exists()  # no checkpoint of the last step: the adapter is it
     assert list((run / "logs").glob("events.out.tfevents.*"))
     assert not (run / "checkpoints" / "runs").exists()  # every log lands in logs/
     assert "versions:" in (run / "recipe.yaml").read_text()
@@ -99,8 +99,8 @@ def test_resume_continues_from_the_checkpoint_and_ends_where_an_uninterrupted_ru
     whole, _, _ = train(path)
     reference = {n: p.detach().clone() for n, p in whole.model.named_parameters() if p.requires_grad}
     run = tmp_path / "run"
-    # As if the process had died just after the step-2 checkpoint:
-    shutil.rmtree(run / "checkpoints" / "checkpoint-4")
+    # As if the process had died after the last step (which has no checkpoint), before its adapter and metrics:
+    assert not (run / "checkpoints" / "checkpoint-4").exists()
     shutil.rmtree(run / "adapter")
     (run / "metrics.json").unlink()
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -42,3 +44,18 @@ def quiet_libraries() -> None:
     transformers.logging.disable_progress_bar()
     # TRL 1.16 still calls transformers' deprecated is_gradient_checkpointing; the rename is TRL's to make.
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+
+@contextlib.contextmanager
+def training_guards(run_folder: str | Path, resume_command: str):
+    """Around a training command: SIGTERM or a first Ctrl-C stop it with a checkpoint (exit 3, saying how to
+    resume), and a save that fails for lack of room or permission is a plain error naming the path (exit 2)."""
+    from posttrain import stopping
+    from posttrain.runs import RunFolder, write_errors_reported
+
+    try:
+        with stopping.stop_signals_caught(), write_errors_reported(RunFolder(run_folder), resume_command):
+            yield
+    except stopping.Stopped as stopped:
+        typer.echo(f"{stopped}\ncontinue with: {resume_command}", err=True)
+        raise typer.Exit(code=stopping.STOPPED_EXIT) from None

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from posttrain.cli.support import Overrides, RecipeArg, quiet_libraries, reports_user_errors
+from posttrain.cli.support import Overrides, RecipeArg, quiet_libraries, reports_user_errors, training_guards
 from posttrain.methods import METHODS
 
 train_app = typer.Typer()
@@ -74,7 +74,9 @@ def train(
     talks = is_main_process() and (launch is None or dry_run)
     echo = typer.echo if talks else lambda _: None
     options = {"resume": resume, "overwrite": overwrite, "dry_run": dry_run or launch is not None, "echo": echo}
-    metrics = run_method(loaded, **options)
+    resume_command = shlex.join(["posttrain", *training_args(method, recipe, overrides, output_dir, True, False)])
+    with training_guards(loaded.output_dir, resume_command):
+        metrics = run_method(loaded, **options)
     if launch is not None:
         args = training_args(method, recipe, overrides, output_dir, resume, overwrite)
         typer.echo(f"{'would launch' if dry_run else 'launching'}: {shlex.join(launch.command(args))}")

@@ -6,15 +6,19 @@ import json
 import time
 from pathlib import Path
 
+from posttrain import locks
 from posttrain.errors import UserError
 
 REPORTS = Path("evals")
 
 
 def report_path(mode: str, output: Path | None) -> Path:
-    """`output` if it is free, else a new evals/MODE-DATE-TIME.json; checked before any model is loaded."""
+    """`output` if it is free, else a new evals/MODE-DATE-TIME.json; checked before any model is loaded. The path
+    is locked until write_report, so that two evals never write the same report."""
     if output is not None:
+        claim(output)
         if output.exists():
+            locks.release(locks.sibling_lock(output))
             raise UserError(
                 f"--output {output} already exists; eval never writes over a report. Choose another path, or leave "
                 f"--output out for a new file under {REPORTS}/."
@@ -22,10 +26,26 @@ def report_path(mode: str, output: Path | None) -> Path:
         return output
     stamp = time.strftime("%Y%m%d-%H%M%S")
     candidate, number = REPORTS / f"{mode}-{stamp}.json", 1
-    while candidate.exists():
+    while candidate.exists() or not claimed_if_free(candidate):  # another eval of the same second took it
         number += 1
         candidate = REPORTS / f"{mode}-{stamp}-{number}.json"
     return candidate
+
+
+def claim(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    locks.acquire(locks.sibling_lock(path), f"--output {path}")
+
+
+def claimed_if_free(path: Path) -> bool:
+    try:
+        claim(path)
+    except UserError:
+        return False
+    if path.exists():
+        locks.release(locks.sibling_lock(path))
+        return False
+    return True
 
 
 def write_report(path: Path, report: dict) -> None:
@@ -36,6 +56,7 @@ def write_report(path: Path, report: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("x", encoding="utf-8") as handle:
         handle.write(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    locks.release(locks.sibling_lock(path))
 
 
 def table(rows: list[tuple[str, str]]) -> list[str]:

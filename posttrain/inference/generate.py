@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+from posttrain import locks
 from posttrain.errors import UserError
 from posttrain.inference.generation import GenerationSettings
 
@@ -27,14 +28,23 @@ def generate_file(
     echo: Callable[[str], None] = print,
 ) -> int:
     """Answer the prompts `output` does not hold yet; returns how many were generated."""
+    if batch_size < 1:
+        raise UserError("--batch-size must be at least 1.")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    locks.acquire(locks.sibling_lock(output), f"--output {output}")  # one writer: released when this returns
+    try:
+        return generate_missing(model_name, prompts_file, output, settings, batch_size, seed, chat_template, echo)
+    finally:
+        locks.release(locks.sibling_lock(output))
+
+
+def generate_missing(model_name, prompts_file, output: Path, settings, batch_size, seed, chat_template, echo) -> int:
     from transformers import set_seed
 
     from posttrain.data.prompts import load_prompts
     from posttrain.inference.generation import answer_chats, progress_bar, room_for_replies
     from posttrain.models.loading import context_length, load_inference_tokenizer, load_run_model
 
-    if batch_size < 1:
-        raise UserError("--batch-size must be at least 1.")
     ref, tokenizer = load_inference_tokenizer(model_name, chat_template)
     limit = context_length(ref) - settings.max_new_tokens
     rows = load_prompts(prompts_file, tokenizer, limit, *room_for_replies(limit, settings))

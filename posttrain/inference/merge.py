@@ -13,6 +13,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from posttrain import locks
 from posttrain.errors import UserError
 
 # Root-mean-square of the logit difference between merged and unmerged model, relative to the logits' own RMS.
@@ -31,6 +32,8 @@ def merge_run(run_name: str, output: Path, dtype: str = "auto", echo: Callable[[
     from posttrain.models.loading import load_base_model, load_tokenizer
 
     ref = check_mergeable(run_name)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    locks.acquire(locks.sibling_lock(output), f"--output {output}")  # one writer; held until the process ends
     check_output_free(output)
     dtype = merge_dtype(dtype, ref.base)
     tokenizer = load_tokenizer(ref, "model")
@@ -137,3 +140,4 @@ def save_merged(merged, tokenizer, output: Path, provenance: dict) -> None:
     if output.is_dir():
         output.rmdir()  # empty, checked before merging
     staging.rename(output)
+    locks.release(locks.sibling_lock(output))

@@ -109,14 +109,17 @@ def run_method(
         echo("dry run: recipe, model and data are valid; no weights were loaded and nothing was written.")
         return None
     start_run(stage, resume=resume, overwrite=overwrite)
-    return method.train(stage, resume=resume, echo=echo)
+    try:
+        return method.train(stage, resume=resume, echo=echo)
+    finally:
+        stage.run.release()  # the lock start_run took (also released when the process ends, however it ends)
 
 
 def start_run(stage: Stage, *, resume: bool, overwrite: bool) -> None:
     """Claim the run folder. Under several processes every one checks it before the main process changes it (else
     a late check would find the main process's new recipe.yaml and refuse); only the main process writes."""
-    stage.run.check_writable(resume=resume, overwrite=overwrite)
     state = processes(stage)
+    stage.run.claim(resume=resume, overwrite=overwrite, main=state.is_main_process)  # locked until the run ends
     state.wait_for_everyone()
     if state.is_main_process:
         stage.run.start(resume=resume, overwrite=overwrite)

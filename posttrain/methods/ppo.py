@@ -52,7 +52,7 @@ def train(stage: Stage, *, resume: bool, echo: Callable[[str], None] = print) ->
     shared = build_shared_model(stage)
     trainer = PPOTrainer(shared, stage.tokenizer, stage.data.prompts, stage.recipe.ppo, stage.run, accelerator, echo)
     if resume:
-        trainer.load_checkpoint(stage.run.latest_checkpoint())
+        trainer.load_checkpoint(stage.run.resume_from(accelerator.is_main_process))
     if stage.before_train is not None:
         stage.before_train(trainer)
     history = trainer.train()

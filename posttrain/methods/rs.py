@@ -115,7 +115,7 @@ def prepare(recipe: Recipe, echo: Callable[[str], None] = print) -> Stage:
     s = recipe.rs
     stage = prepare_rl_stage(recipe, prompt_room=s.max_new_tokens, echo=echo)
     recipe.train = sft.TRAIN_DEFAULTS | {"assistant_only_loss": True} | recipe.train
-    stage.run = RunFolder(stage.run.path, checkpoint_pattern=ROUND_PATTERN)
+    stage.run = RunFolder(stage.run.path, checkpoint_pattern=ROUND_PATTERN, markers=())  # any round is resumable
     stage.details.append(
         f"rs          {s.iterations} rounds: {s.samples_per_prompt} samples per prompt (max_new_tokens "
         f"{s.max_new_tokens}, temperature {s.temperature}), the best kept, SFT on them"
@@ -129,7 +129,7 @@ def train(stage: Stage, *, resume: bool, echo: Callable[[str], None] = print) ->
     adapter, history = stage.adapter, []
     for number in range(1, s.iterations + 1):
         folder = run_folder.checkpoints / f"round-{number}"
-        if (folder / "adapter").is_dir():  # finished before an interruption
+        if (folder / "metrics.json").is_file():  # finished before an interruption (written after adapter/)
             adapter = folder / "adapter"
             history.append(json.loads((folder / "metrics.json").read_text(encoding="utf-8")))
             continue

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from posttrain import stopping
 from posttrain.data.prepare import PreparedData, prepare_data
 from posttrain.methods.common import Stage, load_trainable_model, prepare_stage, seed_everything
 from posttrain.precision import keep_trainable_fp32, trainer_flags
@@ -50,12 +51,14 @@ def trl_config(config_cls: type, stage: Stage):
 
 def trl_trainer(trainer_cls: type, config, stage: Stage, task_type: str = "CAUSAL_LM", **extra):
     """A TRL trainer on the 4-bit base with its LoRA adapter, the prepared data and the run's TensorBoard logs."""
+    from posttrain.methods.callbacks import NoFinalCheckpoint, StopOnSignal
+
     seed_everything(config.seed)  # before the adapter's (and a score head's) random init, not only in the trainer
     return trainer_cls(
         model=load_trainable_model(stage, task_type),
         args=config,
         processing_class=stage.tokenizer,
-        callbacks=tensorboard_callbacks(config, stage.run.logs),
+        callbacks=tensorboard_callbacks(config, stage.run.logs) + [StopOnSignal(), NoFinalCheckpoint()],
         **datasets_of(stage.data),
         **extra,
     )
@@ -87,8 +90,9 @@ def train_and_finish(stage: Stage, trainer, *, resume: bool, extra_metrics: Call
     keep_trainable_fp32(trainer.model)
     if stage.before_train is not None:
         stage.before_train(trainer)
-    checkpoint = str(stage.run.latest_checkpoint()) if resume else None
+    checkpoint = str(stage.run.resume_from(trainer.is_world_process_zero())) if resume else None
     result = trainer.train(resume_from_checkpoint=checkpoint)
+    stopping.raise_if_requested(trainer.state.global_step, stage.run)  # SIGTERM or Ctrl-C: stopped with a checkpoint
     metrics = {"train": result.metrics, "final_step": trainer.state.global_step}
     if trainer.eval_dataset is not None:
         metrics["eval"] = trainer.evaluate()

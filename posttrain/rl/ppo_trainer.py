@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from posttrain import stopping
 from posttrain.rl.ppo_math import (
     entropy,
     gae,
@@ -164,8 +165,11 @@ class PPOTrainer:
                     f"entropy {record['entropy']:.2f}, response {record['response_length']:.1f} tokens"
                 )
                 self._write_samples(step, rollout)
-            if (step + 1) % s.save_steps == 0 or step + 1 == s.steps:
+            stop = stopping.requested()  # SIGTERM or a first Ctrl-C: save this step and stop (posttrain/stopping.py)
+            if (step + 1) % s.save_steps == 0 or step + 1 == s.steps or stop:
                 self.save_checkpoint(step + 1)
+            if stop:
+                stopping.raise_if_requested(step + 1, self.run)
         return self.history
 
     def _record(self, step: int, rollout: Rollout, stats: dict, timings: dict) -> dict:
