@@ -13,9 +13,8 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from posttrain import locks
 from posttrain.cli import app
-from posttrain.runs import RunFolder
+from posttrain.runs import RunFolder, locks
 
 # One thread each: two trainings at once on a small machine. Unbuffered: a killed process's last lines are kept.
 ENV = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -50,7 +49,7 @@ def test_two_commands_started_together_on_one_run_folder_one_trains_and_the_othe
     assert (tmp_path / "run" / "metrics.json").is_file() and not (tmp_path / "run" / ".lock").exists()
 
 
-HOLD = "import sys, time; from pathlib import Path; from posttrain import locks; "
+HOLD = "import sys, time; from pathlib import Path; from posttrain.runs import locks; "
 HOLD += "locks.acquire(Path(sys.argv[1]), 'x'); print('held', flush=True); time.sleep(60)"
 
 

@@ -50,8 +50,7 @@ def quiet_libraries() -> None:
 def training_guards(run_folder: str | Path, resume_command: str):
     """Around a training command: SIGTERM or a first Ctrl-C stop it with a checkpoint (exit 3, saying how to
     resume), and a save that fails for lack of room or permission is a plain error naming the path (exit 2)."""
-    from posttrain import stopping
-    from posttrain.runs import RunFolder, write_errors_reported
+    from posttrain.runs import RunFolder, stopping, write_errors_reported
 
     try:
         with stopping.stop_signals_caught(), write_errors_reported(RunFolder(run_folder), resume_command):

@@ -6,8 +6,8 @@ import json
 import time
 from pathlib import Path
 
-from posttrain import locks
 from posttrain.errors import UserError
+from posttrain.runs import locks
 
 REPORTS = Path("evals")
 

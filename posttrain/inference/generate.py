@@ -11,9 +11,9 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from posttrain import locks
 from posttrain.errors import UserError
 from posttrain.inference.generation import GenerationSettings
+from posttrain.runs import locks
 
 
 def generate_file(

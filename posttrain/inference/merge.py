@@ -13,8 +13,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from posttrain import locks
 from posttrain.errors import UserError
+from posttrain.runs import locks
 
 # Root-mean-square of the logit difference between merged and unmerged model, relative to the logits' own RMS.
 # Rounding W + BA to the save dtype (8 mantissa bits in bf16, 11 in fp16) is the only difference expected, and it is

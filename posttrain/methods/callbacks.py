@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from transformers import TrainerCallback
 
-from posttrain import stopping
+from posttrain.runs import stopping
 
 
 class StopOnSignal(TrainerCallback):
-    """On a stop request (SIGTERM or a first Ctrl-C, see posttrain/stopping.py), save a checkpoint of the step just
+    """On a stop request (SIGTERM or a first Ctrl-C, see posttrain/runs/stopping.py), save a checkpoint of the step just
     finished and end training; train_and_finish then leaves the run unfinished and resumable."""
 
     def on_step_end(self, args, state, control, **kwargs):

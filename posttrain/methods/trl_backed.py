@@ -7,11 +7,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from posttrain import stopping
 from posttrain.data.prepare import PreparedData, prepare_data
 from posttrain.methods.common import Stage, load_trainable_model, prepare_stage, seed_everything
 from posttrain.precision import keep_trainable_fp32, trainer_flags
 from posttrain.recipe import Recipe
+from posttrain.runs import stopping
 
 # Defaults every method puts under the recipe's `train:` (the recipe wins).
 COMMON_TRAIN_DEFAULTS = {

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 
-from posttrain import stopping
 from posttrain.rl.ppo_math import (
     entropy,
     gae,
@@ -25,6 +24,7 @@ from posttrain.rl.ppo_math import (
     whiten,
 )
 from posttrain.rl.sampling import reward_scores, sample
+from posttrain.runs import stopping
 
 
 @dataclass
@@ -165,7 +165,9 @@ class PPOTrainer:
                     f"entropy {record['entropy']:.2f}, response {record['response_length']:.1f} tokens"
                 )
                 self._write_samples(step, rollout)
-            stop = stopping.requested()  # SIGTERM or a first Ctrl-C: save this step and stop (posttrain/stopping.py)
+            stop = (
+                stopping.requested()
+            )  # SIGTERM or a first Ctrl-C: save this step and stop (posttrain/runs/stopping.py)
             if (step + 1) % s.save_steps == 0 or step + 1 == s.steps or stop:
                 self.save_checkpoint(step + 1)
             if stop:

@@ -2,7 +2,7 @@
 
 A run is finished once metrics.json exists; it is written last. The adapter is saved beside its final place and
 renamed into it, so a crash never leaves a half-written adapter that looks complete. One command writes a run
-folder at a time: it holds an OS lock on the folder's .lock file from its claim to its end (posttrain/locks.py).
+folder at a time: it holds an OS lock on the folder's .lock file from its claim to its end (runs/locks.py).
 A checkpoint counts only once it is complete (see checkpoint_complete); --resume continues from the last such one.
 """
 
@@ -15,7 +15,7 @@ import shutil
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from posttrain import locks
+from posttrain.runs import locks
 from posttrain.errors import UserError
 from posttrain.launch import is_main_process
 
