@@ -134,6 +134,9 @@ class SamplingSection:
         if self.temperature <= 0:
             raise UserError(f"{section}.temperature must be above 0 (responses are sampled), got {self.temperature}.")
 
+    def reward_runs(self) -> list[str]:
+        return list(self.reward.values()) if isinstance(self.reward, dict) else [self.reward]
+
 
 @dataclass
 class PPOSection(SamplingSection):
