@@ -9,7 +9,7 @@ T4's. Without a GPU the commands still run (in fp32, on the CPU) and only the pr
 shape (`--config` of tiny-llama2) checks the script itself on a CPU in minutes.
 Writes benchmarks/results/plan_vs_measured.json.
 
-    python benchmarks/plan_vs_measured.py [--layers N] [--methods sft reward dpo orpo rs ppo] [--cap-gib 15]
+    python benchmarks/plan_vs_measured.py [--layers N] [--methods sft reward dpo orpo kto rs ppo grpo] [--cap-gib 15]
         [--config CONFIG.json] [--work FOLDER]
 """
 
@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from posttrain.methods import METHODS
+from posttrain.plan.estimate import response_room
 
 RESULTS = Path(__file__).parent / "results" / "plan_vs_measured.json"
 CONFIG = Path(__file__).parent.parent / "posttrain" / "models" / "configs" / "llama-2-7b.json"
@@ -59,17 +60,19 @@ def text_of(tokenizer, tokens: int) -> str:
 
 
 def write_rows(path: Path, method: str, tokenizer) -> Path:
-    """Rows that fill the shipped recipe's max_length: conversations (sft), pairs (reward, dpo, orpo) or prompts
-    that leave room for max_new_tokens (rs, ppo)."""
+    """Rows that fill the shipped recipe's max_length: conversations (sft; with a label, kto), pairs (reward, dpo,
+    orpo) or prompts that leave room for the sampled answer (rs, ppo, grpo)."""
     from posttrain.recipe import load_recipe
 
     recipe = load_recipe(f"llama2-7b/{method}-qlora-t4")
     length = recipe.data.max_length
-    if method == "sft":
+    if method in ("sft", "kto"):
         text = text_of(tokenizer, length // 2 - TEMPLATE_ROOM // 2)
         row = {"messages": [{"role": "user", "content": text}, {"role": "assistant", "content": text}]}
-    elif method in ("rs", "ppo"):
-        room = getattr(recipe, method).max_new_tokens
+        if method == "kto":
+            row["label"] = True  # KTO reads one sequence per row, whatever its label
+    elif method in ("rs", "ppo", "grpo"):
+        room = response_room(recipe)
         row = {"messages": [{"role": "user", "content": text_of(tokenizer, length - room - TEMPLATE_ROOM)}]}
     else:
         prompt = length // 3
@@ -94,6 +97,8 @@ def settings_of(method: str, base: Path, work: Path, rows: Path) -> list[str]:
         settings += [f"rs.reward={work / 'reward'}", "rs.iterations=1", "rs.keep_cut_off=true"]
     if method == "ppo":
         settings += [f"ppo.reward={work / 'reward'}", "ppo.steps=2"]
+    if method == "grpo":  # every answer runs to max_completion_length: the generation phase's peak
+        settings += [f"grpo.rewards=[{{run: {work / 'reward'}}}]", "train.generation_kwargs={min_new_tokens: 256}"]
     return settings
 
 

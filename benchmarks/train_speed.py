@@ -2,10 +2,11 @@
 TRL's defaults), LoRA and 4-bit QLoRA, all in this one process on this machine.
 
 Every variant trains LoRA r=16 on all linear layers with batch 4 (SFT: 4 x 128 tokens; preference methods: 4
-pairs of builtin:pirate_prefs) and is timed per optimizer step after warm-up steps.
+pairs of builtin:pirate_prefs; kto: 4 rows of builtin:pirate_feedback) and is timed per optimizer step after
+warm-up steps.
 Writes benchmarks/results/train_speed.json.
 
-    python benchmarks/train_speed.py [--methods sft reward dpo orpo] [--steps 10] [--default-steps 3]
+    python benchmarks/train_speed.py [--methods sft reward dpo orpo kto] [--steps 10] [--default-steps 3]
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def run_posttrain(method: str, model_dir: str, quantization: str, steps: int, ou
             "method": method,
             "model": {"name": model_dir, "quantization": quantization, "chat_template": "chatml"},
             "data": {
-                "train": str(texts) if method == "sft" else "builtin:pirate_prefs",
+                "train": {"sft": str(texts), "kto": "builtin:pirate_feedback"}.get(method, "builtin:pirate_prefs"),
                 "on_too_long": "truncate",
                 "max_length": TOKENS if method == "sft" else 256,
             },
@@ -89,14 +90,18 @@ def run_posttrain(method: str, model_dir: str, quantization: str, steps: int, ou
 def plain_trl_parts(method: str):
     """(config class, trainer class, model class, LoRA task, training rows) a plain TRL script would use."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-    from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
+    from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
 
+    from posttrain.data.feedback import normalise_feedback
     from posttrain.data.preferences import normalise_preferences
     from posttrain.data.sources import read_rows
     from posttrain.trl_compat import ORPOConfig, ORPOTrainer
 
     if method == "sft":
         return SFTConfig, SFTTrainer, AutoModelForCausalLM, "CAUSAL_LM", long_texts()
+    if method == "kto":
+        _, _, rows = normalise_feedback(read_rows("builtin:pirate_feedback"))
+        return KTOConfig, KTOTrainer, AutoModelForCausalLM, "CAUSAL_LM", rows
     _, pairs = normalise_preferences(read_rows("builtin:pirate_prefs"))
     return {
         "reward": (RewardConfig, RewardTrainer, AutoModelForSequenceClassification, "SEQ_CLS", pairs),
@@ -168,7 +173,7 @@ def run_plain_trl(method: str, model_dir: str, quantized: bool, trl_defaults: bo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", nargs="+", default=["sft", "reward", "dpo", "orpo"])
+    parser.add_argument("--methods", nargs="+", default=["sft", "reward", "dpo", "orpo", "kto"])
     parser.add_argument("--steps", type=int, default=10, help="steps per variant (the first 2 are warm-up)")
     parser.add_argument("--default-steps", type=int, default=3, help="steps with TRL defaults (slow on CPU)")
     parser.add_argument(
@@ -220,7 +225,8 @@ def main() -> None:
     report = {
         "benchmark": "train_speed",
         "model": "smollm2-135m",
-        "batch": f"sft: {BATCH} x {TOKENS} tokens; preference methods: {BATCH} pairs of builtin:pirate_prefs",
+        "batch": f"sft: {BATCH} x {TOKENS} tokens; preference methods: {BATCH} pairs of builtin:pirate_prefs; "
+        f"kto: {BATCH} rows of builtin:pirate_feedback",
         "machine": {
             "cpu": platform.processor() or platform.machine(),
             "threads": torch.get_num_threads(),

@@ -494,8 +494,8 @@ CHAT_MERGE = dict(
 
             import torch
 
-            from posttrain.inference.chat import run_chat
             from posttrain.cli.support import quiet_libraries
+            from posttrain.inference.chat import run_chat
             from posttrain.inference.generation import GenerationSettings
 
             quiet_libraries()
@@ -597,10 +597,144 @@ CHAT_MERGE = dict(
 )
 
 
+# ------------------------------------------------------------------------------------------------------ 06 KTO, GRPO
+
+KTO_GRPO = dict(
+    methods=("kto", "grpo"),
+    title="""
+        # 6 · KTO and GRPO from the SFT run
+
+        Two more ways to improve the SFT model. **KTO** learns from unpaired feedback: single answers marked good
+        or bad, like the thumbs-up/down logs of a chat product (here trl-lib/kto-mix-14k), with a frozen copy of the
+        SFT adapter as its reference. **GRPO** is online RL without a value network: it samples several answers to
+        each prompt, scores them with rewards (here the reward run of notebook 02 plus a length check; any function
+        that checks an answer can be one), and pushes up the answers that beat their group's mean.
+    """,
+    cells=[
+        *sft_run_needed("This notebook"),
+        md("""
+            ## KTO
+
+            `posttrain data inspect` reports how many answers are desirable and undesirable, and their ratio: the KTO
+            paper keeps `desirable_weight × desirable / (undesirable_weight × undesirable)` between 1 and 4/3, and
+            the plan printed before training names the weight to set when the data fall outside.
+        """),
+        py("""
+            KTO_DATA = "builtin:pirate_feedback" if TINY else "trl-lib/kto-mix-14k:train"
+            sh(f"posttrain data inspect {KTO_DATA} --model {MODEL} --chat-template llama2 --max-length 1024")
+        """),
+        PLAN_MD,
+        py("""
+            KTO_RUN = f"{RUNS}-kto"
+            KTO = [f"model.name={SFT_RUN}"]
+            if TINY:
+                KTO += [
+                    "model.precision=auto",
+                    f"data.train={KTO_DATA}",
+                    "data.eval=null",
+                    "data.eval_fraction=0.1",
+                    "data.max_length=192",
+                    "train.max_steps=2",
+                    "train.gradient_accumulation_steps=1",
+                    "train.logging_steps=1",
+                ]
+            sh(f"posttrain plan llama2-7b/kto-qlora-t4 --gpu t4 {sets(KTO)}")
+        """),
+        py('sh(f"posttrain kto llama2-7b/kto-qlora-t4 {sets(KTO)} --output-dir {KTO_RUN}")'),
+        md("""
+            ### Curves
+
+            At the first step the policy equals the reference, so the rewards (β times the log-likelihood ratio to
+            the reference) are 0 and the loss is 0.5. Then desirable answers' rewards should rise above the
+            undesirable ones', while `kl` (the batch's estimate of the KL to the reference) stays small.
+        """),
+        py("""
+            plot_metrics(
+                metrics(KTO_RUN)["log_history"],
+                [["loss", "eval_loss"], ["rewards/chosen", "rewards/rejected"], ["kl"]],
+            )
+        """),
+        md("""
+            ## GRPO
+
+            GRPO needs rewards. The recipe `llama2-7b/grpo-qlora-t4` scores each answer with the reward run of
+            notebook 02 (its adapter and score head go on the policy's own 4-bit base, so no second model is
+            loaded) plus `max_words: 200`. Copy `runs/llama2-7b-reward` back from Drive first in a new session; in
+            TINY mode a 2-step reward run stands in.
+        """),
+        py("""
+            REWARD_RUN = f"{RUNS}-reward"
+            if TINY:  # no run of notebook 02 here: a 2-step reward run on tiny-llama2 stands in for it
+                tiny_reward = [
+                    f"model.name={MODEL}",
+                    "model.precision=auto",
+                    "data.train=builtin:pirate_prefs",
+                    "data.eval=null",
+                    "data.max_length=192",
+                    "train.max_steps=2",
+                    "train.gradient_accumulation_steps=1",
+                ]
+                sh(f"posttrain reward llama2-7b/reward-qlora-t4 {sets(tiny_reward)} --output-dir {REWARD_RUN}")
+            elif not Path(REWARD_RUN, "adapter").is_dir():
+                raise FileNotFoundError(f"{REWARD_RUN} holds no adapter: run 02_reward_rs_ppo.ipynb first")
+        """),
+        py("""
+            GRPO_RUN = f"{RUNS}-grpo"
+            GRPO = [f"model.name={SFT_RUN}", f"grpo.rewards=[{{run: {REWARD_RUN}}}, {{max_words: 200, weight: 0.5}}]"]
+            if TINY:
+                GRPO += [
+                    "model.precision=auto",
+                    "data.train=builtin:pirate_prompts",
+                    "data.max_length=96",
+                    "train.max_completion_length=16",
+                    "train.max_steps=2",
+                    "train.gradient_accumulation_steps=1",
+                ]
+            sh(f"posttrain plan llama2-7b/grpo-qlora-t4 --gpu t4 {sets(GRPO)}")
+        """),
+        py('sh(f"posttrain grpo llama2-7b/grpo-qlora-t4 {sets(GRPO)} --output-dir {GRPO_RUN}")'),
+        md("""
+            ### Curves
+
+            `reward` is the weighted sum of the rewards, averaged over the step's answers, and `rewards/NAME/mean`
+            each reward alone. What to look for: the reward rising, and `completions/mean_length` not collapsing (a
+            length reward the policy games by saying nothing). `frac_reward_zero_std` is the share of prompts whose
+            answers all scored the same: they teach nothing, so a value near 1 means the rewards are too coarse.
+        """),
+        py("""
+            plot_metrics(
+                metrics(GRPO_RUN)["log_history"],
+                [["reward"], ["completions/mean_length"], ["frac_reward_zero_std"]],
+            )
+        """),
+        md("""
+            ## After: the same questions
+        """),
+        py("""
+            sh(f"posttrain generate {SFT_RUN} {GENERATE} --output replies/sft.jsonl")
+            sh(f"posttrain generate {KTO_RUN} {GENERATE} --output replies/kto.jsonl")
+            sh(f"posttrain generate {GRPO_RUN} {GENERATE} --output replies/grpo.jsonl")
+            compare_replies({"SFT": "replies/sft.jsonl", "KTO": "replies/kto.jsonl", "GRPO": "replies/grpo.jsonl"})
+        """),
+        md("""
+            ## Where the outputs are
+
+            Each run folder holds `adapter/` (the SFT adapter, trained further), `recipe.yaml`, `metrics.json`,
+            `checkpoints/` and `logs/`; they load as models like an SFT run (chat with them or merge them in 05).
+        """),
+        py("""
+            for run in (KTO_RUN, GRPO_RUN):
+                show_folder(run)
+        """),
+    ],
+)
+
+
 NOTEBOOKS = {
     "01_sft.ipynb": SFT,
     "02_reward_rs_ppo.ipynb": REWARD_RS_PPO,
     "03_dpo.ipynb": DPO,
     "04_orpo.ipynb": ORPO,
     "05_chat_merge.ipynb": CHAT_MERGE,
+    "06_kto_grpo.ipynb": KTO_GRPO,
 }

@@ -144,6 +144,9 @@ class SamplingSection:
         if self.temperature <= 0:
             raise UserError(f"{section}.temperature must be above 0 (responses are sampled), got {self.temperature}.")
 
+    def reward_runs(self) -> list[str]:
+        return list(self.reward.values()) if isinstance(self.reward, dict) else [self.reward]
+
 
 @dataclass
 class PPOSection(SamplingSection):
@@ -201,3 +204,53 @@ class RSSection(SamplingSection):
             raise UserError(f"rs.samples_per_prompt must be at least 2 to choose from, got {self.samples_per_prompt}.")
         if self.iterations < 1:
             raise UserError(f"rs.iterations must be at least 1, got {self.iterations}.")
+
+
+# One GRPO reward: exactly one of these kinds, and an optional weight.
+REWARD_KINDS = {
+    "run": "a posttrain reward run folder (scored on the policy's own 4-bit base)",
+    "max_words": "1 when the answer has at most N words, else 0",
+    "regex": "1 when the answer matches this regular expression (re.search), else 0",
+    "exact_match": "1 when the answer, stripped, equals this column of the prompt's row (e.g. answer), else 0",
+    "function": "your function, path/to/file.py:name or module:name, with TRL's reward-function signature",
+}
+
+
+@dataclass
+class GRPOSection:
+    rewards: list[dict] = field(
+        default_factory=list,
+        metadata=_help(
+            "list of rewards, each one of run: RUN | max_words: N | regex: PATTERN | exact_match: COLUMN | "
+            "function: FILE.py:NAME, with an optional weight (default 1); their weighted sum is the reward"
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        if not self.rewards:
+            raise UserError(
+                "recipe key grpo.rewards is required: a list of rewards, e.g. [{max_words: 40}, {run: runs/reward}] "
+                f"(kinds: {', '.join(REWARD_KINDS)})."
+            )
+        for index, entry in enumerate(self.rewards):
+            _check_reward(entry, f"grpo.rewards[{index}]")
+
+    def reward_runs(self) -> list[str]:
+        return [entry["run"] for entry in self.rewards if "run" in entry]
+
+
+def _check_reward(entry, key: str) -> None:
+    if not isinstance(entry, dict):
+        raise UserError(f"{key}: expected a mapping such as {{max_words: 40}}, got {entry!r}.")
+    kinds = [kind for kind in entry if kind in REWARD_KINDS]
+    unknown = sorted(set(entry) - set(REWARD_KINDS) - {"weight"})
+    if unknown or len(kinds) != 1:
+        found = f"unknown keys {unknown}" if unknown else f"{len(kinds)} kinds"
+        raise UserError(f"{key}: give exactly one of {', '.join(REWARD_KINDS)} (and a weight); found {found}.")
+    kind, value, weight = kinds[0], entry[kinds[0]], entry.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, int | float):
+        raise UserError(f"{key}.weight: expected a number, got {weight!r}.")
+    if kind == "max_words" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise UserError(f"{key}.max_words: expected a whole number of words above 0, got {value!r}.")
+    if kind != "max_words" and not (isinstance(value, str) and value):
+        raise UserError(f"{key}.{kind}: expected text, got {value!r}.")

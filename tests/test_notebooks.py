@@ -18,6 +18,7 @@ PRODUCES = {
     "03_dpo.ipynb": ["runs/tiny-sft", "runs/tiny-dpo", "replies/dpo.jsonl"],
     "04_orpo.ipynb": ["runs/tiny-orpo", "replies/base.jsonl", "replies/orpo.jsonl"],
     "05_chat_merge.ipynb": ["runs/tiny-sft", "replies/run.jsonl", "models/tiny-sft-merged/model.safetensors"],
+    "06_kto_grpo.ipynb": ["runs/tiny-sft", "runs/tiny-reward", "runs/tiny-kto", "runs/tiny-grpo", "replies/grpo.jsonl"],
 }
 
 

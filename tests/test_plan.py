@@ -128,6 +128,21 @@ def test_ppo_plan_has_generation_scoring_and_optimisation():
     assert advice[1].startswith("  --set ppo.activation_checkpointing=true")
 
 
+def test_grpo_plan_has_a_generation_phase_that_grows_with_num_generations():
+    result = plan("llama2-7b/grpo-qlora-t4")
+    assert "generation (the peak)" in result.output and "optimisation" in result.output
+    assert "KV cache                    6.00 GiB  8 sequences (2 prompts x 4 answers) x 768 tokens" in result.output
+    assert "reward adapter" in result.output and "reference adapter" not in result.output  # beta 0: no reference
+    settings = ["train.num_generations=8", "train.per_device_train_batch_size=8", "train.beta=0.04"]
+    more = plan("llama2-7b/grpo-qlora-t4", *[arg for setting in settings for arg in ("--set", setting)]).output
+    assert "16 sequences (2 prompts x 8 answers)" in more and "reference adapter" in more
+
+
+def test_kto_plan_keeps_the_reference_copy_like_dpo():
+    result = plan("llama2-7b/kto-qlora-t4")
+    assert "reference adapter" in result.output and "verdict     fits on NVIDIA T4" in result.output
+
+
 def test_memory_gb_replaces_the_gpu_table():
     assert "does not fit" in plan("llama2-7b/sft-qlora-t4", "--memory-gb", "6").output
     assert "fits on a 24 GiB GPU" in plan("llama2-7b/sft-qlora-t4", "--memory-gb", "24").output

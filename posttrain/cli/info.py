@@ -99,17 +99,23 @@ def data_inspect(
     data_format: Annotated[str, typer.Option("--format", help="auto, or a format name.")] = "auto",
     max_length: Annotated[int, typer.Option(help="Length limit to report against.")] = 1024,
 ):
-    """Detected format (SFT or preference), row count and token-length histogram of a data file."""
+    """Detected format (SFT, preference or unpaired feedback), row count and token-length histogram of a data file;
+    for feedback, the desirable/undesirable balance."""
+    from posttrain.data.feedback import balance_lines, is_feedback
     from posttrain.data.prepare import LengthReport, is_preference, load_examples, measure, preference_length_lines
     from posttrain.models.loading import load_tokenizer, resolve_model
 
     quiet_libraries()
     fmt, rows, examples = load_examples(file, data_format, preference=None)
-    preference = is_preference(rows)
+    feedback = is_feedback(rows)
+    preference = is_preference(rows) and not feedback
     tokenizer = load_tokenizer(resolve_model(model), chat_template)
     lengths = measure(tokenizer, rows, examples)
-    kind = "preference pairs" if preference else "rows"
+    kind = "rows of unpaired feedback (posttrain kto)" if feedback else "preference pairs" if preference else "rows"
     typer.echo(f"{file}: format {fmt}, {len(rows)} {kind} (tokens counted with {model}, {chat_template} template)")
+    if feedback:
+        for line in balance_lines(examples):
+            typer.echo(line.replace("labels      ", "labels: ").strip())
     if preference:
         for line in preference_length_lines(tokenizer, examples):
             typer.echo(line)

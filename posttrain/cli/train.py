@@ -111,6 +111,9 @@ def outcome(metrics: dict) -> str:
             f"mean score {first['score']:.3f} over the first steps, {final['score']:.3f} over the last; "
             f"KL to the reference {final['kl']:.3f}"
         )
+    if "mean_reward" in metrics:  # grpo
+        trend = metrics["mean_reward"]
+        return f"mean reward {trend['first']:.3f} over the first steps, {trend['last']:.3f} over the last"
     line = f"train loss {metrics['train'].get('train_loss', 0):.4f}"
     if "reward_accuracy" in metrics:
         accuracy = metrics["reward_accuracy"]

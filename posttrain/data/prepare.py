@@ -6,6 +6,7 @@ import random
 import statistics
 from dataclasses import dataclass, field
 
+from posttrain.data.feedback import is_feedback, normalise_feedback
 from posttrain.data.formats import normalise
 from posttrain.data.preferences import identical_pairs, normalise_preferences
 from posttrain.data.sources import Row, read_rows
@@ -76,6 +77,8 @@ def chat_length(tokenizer, messages: list[dict], **kwargs) -> int:
 
 def token_length(tokenizer, example: dict) -> int:
     """Tokens of a training example; for a preference pair, its longer side."""
+    if "completion" in example:  # unpaired feedback
+        return chat_length(tokenizer, example["prompt"] + example["completion"])
     if "chosen" in example:
         return max(chat_length(tokenizer, example["prompt"] + example[side]) for side in ("chosen", "rejected"))
     if "messages" in example:
@@ -113,14 +116,25 @@ def is_preference(rows: list[Row]) -> bool:
     return {"chosen", "rejected"} <= set(rows[0].data)
 
 
-def load_examples(source: str, fmt: str, margins: dict | None = None, preference: bool | None = False):
-    """(format, rows, examples) of a source: SFT rows, or preference pairs (preference=None: decide by the rows)."""
+def load_examples(
+    source: str, fmt: str, margins: dict | None = None, preference: bool | None = False, feedback: bool = False
+):
+    """(format, rows, examples) of a source: SFT rows, preference pairs or unpaired feedback (preference=None:
+    decide by the rows). With feedback, a pair gives two examples, so its row is listed twice."""
     rows = read_rows(source)
     if preference is None:
-        preference = is_preference(rows)
+        feedback, preference = is_feedback(rows), is_preference(rows)
+    if feedback:
+        return normalise_feedback(rows, fmt)
     if preference:
         fmt, examples = normalise_preferences(rows, fmt, margins)
     else:
+        if is_feedback(rows):
+            raise UserError(
+                f"{source} has a label column: it is unpaired feedback (good/bad answers), which SFT would learn "
+                "from as if every answer were good. Train on it with `posttrain kto`, or drop the label column "
+                "(and the bad answers) to fine-tune on it."
+            )
         fmt, examples = normalise(rows, fmt)
     return fmt, rows, examples
 
@@ -159,11 +173,13 @@ def apply_max_length(rows, examples, lengths, max_length: int, action: str, labe
     return examples, len(too_long)
 
 
-def prepare_data(data, tokenizer, seed: int = 42, preference: bool = False, margins: dict | None = None):
+def prepare_data(
+    data, tokenizer, seed: int = 42, preference: bool = False, margins: dict | None = None, feedback: bool = False
+):
     """Read, check and measure the train (and eval) rows of a recipe's `data:` section."""
 
     def load(source: str, fmt: str, label: str):
-        fmt, rows, examples = load_examples(source, fmt, margins, preference)
+        fmt, rows, examples = load_examples(source, fmt, margins, preference, feedback)
         identical = 0
         if preference:
             rows, examples, identical = drop_identical_pairs(rows, examples, data.identical_pairs, label)

@@ -18,6 +18,8 @@ EXPECTED = (
     "instruction (Alpaca), or a chosen/rejected pair"
 )
 SHOWN_PROBLEMS = 5
+# Where a row's prompt comes from: not passed on as a column of its own (see read_prompts' `columns`).
+CONVERSATION_KEYS = frozenset({"prompt", "messages", "conversations", "chosen", "rejected"})
 
 
 def is_safety(row: dict) -> bool:
@@ -49,9 +51,9 @@ def too_long_message(too_long: list[str], total: int, max_length: int, limit: st
     )
 
 
-def read_prompts(source: str, tokenizer, max_length: int) -> tuple[list[dict], dict[int, str]]:
+def read_prompts(source: str, tokenizer, max_length: int, columns: bool = False) -> tuple[list[dict], dict[int, str]]:
     """(every usable prompt, {index: file and row} of those longer than max_length); an unusable row is a
-    UserError."""
+    UserError. With `columns`, each prompt also carries its row's other columns (e.g. an answer to check)."""
     from jinja2 import TemplateError
 
     rows = read_rows(source)
@@ -67,7 +69,8 @@ def read_prompts(source: str, tokenizer, max_length: int) -> tuple[list[dict], d
         else:
             if length > max_length:
                 too_long[len(prompts)] = row.where
-            prompts.append({"prompt": prompt, "safety": is_safety(row.data)})
+            extra = {k: v for k, v in row.data.items() if k not in CONVERSATION_KEYS} if columns else {}
+            prompts.append(extra | {"prompt": prompt, "safety": is_safety(row.data)})
     if problems:
         raise UserError(problem_report(source, len(rows), problems, usable=len(prompts)))
     return prompts, too_long

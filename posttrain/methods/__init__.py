@@ -14,22 +14,22 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Literal
 
-from posttrain.sections import PPOSection, RewardSection, RSSection
+from posttrain.sections import GRPOSection, PPOSection, RewardSection, RSSection
 
 # A causal-LM adapter (a policy) can be continued by any method that trains one; a reward run is another head.
-POLICIES = frozenset({"sft", "dpo", "orpo", "ppo", "rs"})
+POLICIES = frozenset({"sft", "dpo", "orpo", "kto", "ppo", "rs", "grpo"})
 
 
 @dataclass(frozen=True)
 class Method:
     name: str
     help: str  # the command's help line
-    data: Literal["sft", "preference", "prompts"]  # the kind of rows it reads (see posttrain.data)
+    data: Literal["sft", "preference", "feedback", "prompts"]  # the kind of rows it reads (see posttrain.data)
     train_config: tuple[str, str] | None  # (module, class) of the TRL config behind `train:`; None: no `train:`
     sections: dict[str, type]  # recipe sections of its own, for what TRL has no field for
     continues_from: frozenset[str]  # methods whose runs it may continue (model.name or model.adapter)
     starts_from: tuple[str, ...]  # the runs its shipped recipes start from, in the order they are trained
-    plan: Literal["training", "ppo", "rs"]  # how `posttrain plan` estimates it (posttrain.plan.estimate)
+    plan: Literal["training", "ppo", "rs", "grpo"]  # how `posttrain plan` estimates it (posttrain.plan.estimate)
     score_head: bool = False  # trains a one-output score head (a reward model) instead of the LM head
     reference_adapter: bool = False  # keeps a frozen copy of the adapter it continues, as its reference
 
@@ -85,6 +85,17 @@ METHODS = {
             plan="training",
         ),
         Method(
+            name="kto",
+            help="KTO on unpaired feedback (answers marked good or bad, e.g. thumbs-up/down logs), after SFT.",
+            data="feedback",
+            train_config=("trl", "KTOConfig"),
+            sections={},
+            continues_from=POLICIES,
+            starts_from=("sft",),
+            plan="training",
+            reference_adapter=True,
+        ),
+        Method(
             name="ppo",
             help="RLHF with PPO: policy, reference, value and reward adapters on one 4-bit base.",
             data="prompts",
@@ -103,6 +114,17 @@ METHODS = {
             continues_from=POLICIES,
             starts_from=("sft", "reward"),
             plan="rs",
+        ),
+        Method(
+            name="grpo",
+            help="GRPO: online RL from rewards you can check (rules, your functions) or reward runs, no value network.",
+            data="prompts",
+            train_config=("trl", "GRPOConfig"),
+            sections={"grpo": GRPOSection},
+            continues_from=POLICIES,
+            starts_from=("sft", "reward"),
+            plan="grpo",
+            reference_adapter=True,  # with train.beta above 0, TRL keeps a frozen copy of the starting adapter
         ),
     )
 }

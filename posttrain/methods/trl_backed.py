@@ -1,4 +1,4 @@
-"""What the methods backed by a TRL trainer share (sft, reward, dpo, orpo, and the fine-tuning rounds of rs):
+"""What the methods backed by a TRL trainer share (sft, reward, dpo, orpo, kto, grpo, and rs's fine-tuning rounds):
 data preparation, the TRL config from the recipe, the trainer on the 4-bit base, and the run's end (adapter,
 tokenizer, metrics.json)."""
 
@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from posttrain.data.prepare import PreparedData, prepare_data
+from posttrain.methods import METHODS
 from posttrain.methods.common import Stage, load_trainable_model, prepare_stage, seed_everything
 from posttrain.precision import keep_trainable_fp32, trainer_flags
 from posttrain.recipe import Recipe
@@ -33,7 +34,10 @@ def prepare_with_data(recipe: Recipe, defaults: dict, preference: bool = False, 
     recipe's `train:` so the saved recipe.yaml shows what was used."""
     stage = prepare_stage(recipe)
     seed = recipe.train.get("seed", defaults["seed"])
-    stage.data = prepare_data(recipe.data, stage.tokenizer, seed=seed, preference=preference, margins=margins)
+    feedback = METHODS[recipe.method].data == "feedback"
+    stage.data = prepare_data(
+        recipe.data, stage.tokenizer, seed=seed, preference=preference, margins=margins, feedback=feedback
+    )
     stage.details = describe_data(stage.data)
     recipe.train = defaults | recipe.train
     return stage
@@ -41,27 +45,35 @@ def prepare_with_data(recipe: Recipe, defaults: dict, preference: bool = False, 
 
 def trl_config(config_cls: type, stage: Stage):
     """The method's TRL config from the resolved recipe, with posttrain's precision and run folder."""
+    # GRPO has no max_length: its prompts and completions have limits of their own
+    lengths = {"max_length": stage.recipe.data.max_length} if "max_length" in config_cls.__dataclass_fields__ else {}
     return config_cls(
         output_dir=str(stage.run.checkpoints),
-        max_length=stage.recipe.data.max_length,
+        **lengths,
         **trainer_flags(stage.precision, stage.hardware),
         **stage.recipe.train,
     )
 
 
-def trl_trainer(trainer_cls: type, config, stage: Stage, task_type: str = "CAUSAL_LM", **extra):
-    """A TRL trainer on the 4-bit base with its LoRA adapter, the prepared data and the run's TensorBoard logs."""
+def trl_trainer(trainer_cls: type, config, stage: Stage, task_type: str = "CAUSAL_LM", model=None, **extra):
+    """A TRL trainer on the 4-bit base with its LoRA adapter (or `model`, made by `trainable_model`), the prepared
+    data and the run's TensorBoard logs."""
     from posttrain.methods.callbacks import NoFinalCheckpoint, StopOnSignal
 
-    seed_everything(config.seed)  # before the adapter's (and a score head's) random init, not only in the trainer
     return trainer_cls(
-        model=load_trainable_model(stage, task_type),
+        model=model if model is not None else trainable_model(stage, config, task_type),
         args=config,
         processing_class=stage.tokenizer,
         callbacks=tensorboard_callbacks(config, stage.run.logs) + [StopOnSignal(), NoFinalCheckpoint()],
         **datasets_of(stage.data),
         **extra,
     )
+
+
+def trainable_model(stage: Stage, config, task_type: str = "CAUSAL_LM"):
+    """The 4-bit base with its LoRA adapter, seeded from the recipe first."""
+    seed_everything(config.seed)  # before the adapter's (and a score head's) random init, not only in the trainer
+    return load_trainable_model(stage, task_type)
 
 
 def datasets_of(data: PreparedData) -> dict:
@@ -110,7 +122,9 @@ def train_and_finish(stage: Stage, trainer, *, resume: bool, extra_metrics: Call
 
 
 def describe_data(data: PreparedData) -> list[str]:
-    if "chosen" in data.train[0]:
+    if "label" in data.train[0]:
+        loss = "unpaired feedback (desirable / undesirable answers)"
+    elif "chosen" in data.train[0]:
         loss = "preference pairs"
     elif data.conversational:
         loss = "loss on assistant turns only"

@@ -1,10 +1,11 @@
 """The predicted peak GPU memory of a recipe: each phase of the run (training; for PPO generation, scoring and
-optimisation; for rs sampling then training) as a sum of terms from posttrain.plan.memory, read from the model's config
-without loading any weights. posttrain.plan.fit turns it into a verdict for a GPU and advice."""
+optimisation; for rs sampling then training; for GRPO generation then optimisation) as a sum of terms from
+posttrain.plan.memory, read from the model's config without loading any weights. posttrain.plan.fit turns it into
+a verdict for a GPU and advice."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from posttrain.methods import METHODS
 from posttrain.models.configs import ModelSource, model_source
@@ -34,8 +35,7 @@ class Models:
     def of(cls, recipe: Recipe) -> Models:
         policy = model_source(recipe.model.adapter or recipe.model.name)
         section = getattr(recipe, recipe.method) if METHODS[recipe.method].data == "prompts" else None
-        spec = section.reward if section else {}
-        names = list(spec.values()) if isinstance(spec, dict) else [spec]
+        names = section.reward_runs() if section else []
         return cls(policy, [model_source(name) for name in names if name])
 
 
@@ -46,6 +46,8 @@ def estimate(recipe: Recipe, models: Models, precision: str, cuda: bool = True) 
         return Estimate(ppo_phases(recipe, models, precision, cuda))
     if how == "rs":
         return Estimate([rs_sampling(recipe, models, precision, cuda), training(recipe, models, precision, cuda)])
+    if how == "grpo":
+        return Estimate(grpo_phases(recipe, models, precision, cuda))
     return Estimate([training(recipe, models, precision, cuda)])
 
 
@@ -76,6 +78,15 @@ def _activations(
     phase.add("activations", kept[checkpointed], f"{which}{tokens} tokens; {other}")
 
 
+def response_room(recipe: Recipe) -> int:
+    """Tokens of data.max_length kept for sampled answers: ppo, rs and grpo sample, the others do not."""
+    if METHODS[recipe.method].plan == "grpo":
+        from posttrain.methods.grpo import TRAIN_DEFAULTS
+
+        return recipe.train.get("max_completion_length", TRAIN_DEFAULTS["max_completion_length"])
+    return getattr(recipe, recipe.method).max_new_tokens if METHODS[recipe.method].data == "prompts" else 0
+
+
 def trains_checkpointed(train: dict) -> bool:
     """Whether a TRL run recomputes activations (on unless the recipe's train: section turns it off)."""
     return bool(train.get("activation_checkpointing", train.get("gradient_checkpointing", True)))
@@ -88,13 +99,15 @@ def training(recipe: Recipe, models: Models, precision: str, cuda: bool = True) 
     quantized = recipe.model.quantization != "none"
     p = Precision.of(precision, quantized, cuda)
     reward = method.score_head
-    phase = Phase("training" if method.plan == "training" else "fine-tuning")
+    phase = Phase({"training": "training", "grpo": "optimisation"}.get(method.plan, "fine-tuning"))
     _weights(phase, recipe, shape, p.residual, score_head=reward)
     r, targets = _adapter_r(recipe, models.policy)
     adapter = lora_parameters(shape, r, targets) + (shape.hidden if reward else 0)  # a reward run trains its head
     phase.add("LoRA weights", 4 * adapter, f"r={r}, fp32")
-    if method.reference_adapter and models.policy.lora is not None:
+    if keeps_reference(recipe, models):
         phase.add("reference adapter", 4 * adapter, "frozen copy of the starting adapter")
+    if method.plan == "grpo":
+        _reward_adapters(phase, recipe, models)
     optim = train.get("optim", "adamw_torch_fused")
     phase.add("gradients + optimizer", adapter * (4 + optimizer_bytes_per_parameter(optim)), optim)
     sequences = 2 if method.data == "preference" else 1  # chosen and rejected
@@ -103,10 +116,27 @@ def training(recipe: Recipe, models: Models, precision: str, cuda: bool = True) 
     layer = layer_activation_bytes(shape, r, shape.lora_targets(targets), p, dropout=recipe.lora.dropout > 0)
     _activations(phase, shape, tokens, layer, p, trains_checkpointed(train))
     if not reward:
-        phase.add("logits", tokens * logits_bytes_per_token(shape, p), f"{tokens} tokens x {shape.vocab} vocabulary")
+        # GRPO takes the log-probabilities of the completions only
+        scored = batch * train["max_completion_length"] if method.plan == "grpo" else tokens
+        phase.add("logits", scored * logits_bytes_per_token(shape, p), f"{scored} tokens x {shape.vocab} vocabulary")
         if p.mixed:
             phase.add("LM head cast", shape.vocab * shape.hidden * p.compute, "autocast copy of the fp32 LM head")
     return phase
+
+
+def keeps_reference(recipe: Recipe, models: Models) -> bool:
+    """A frozen copy of the starting adapter: dpo and kto always; grpo only with its KL term on (train.beta > 0)."""
+    method = METHODS[recipe.method]
+    if not method.reference_adapter or models.policy.lora is None:
+        return False
+    return method.plan != "grpo" or recipe.train.get("beta", 0.0) > 0
+
+
+def _reward_adapters(phase: Phase, recipe: Recipe, models: Models) -> None:
+    if models.rewards:
+        shape = models.policy.shape
+        rewards = sum(lora_parameters(shape, *_adapter_r(recipe, run)) + shape.hidden for run in models.rewards)
+        phase.add(f"reward adapter{'s' if len(models.rewards) > 1 else ''}", 4 * rewards, "frozen, with score heads")
 
 
 def _rl_adapters(phase: Phase, recipe: Recipe, models: Models, trainable: bool) -> int:
@@ -167,3 +197,28 @@ def rs_sampling(recipe: Recipe, models: Models, precision: str, cuda: bool = Tru
     sequences = s.batch_size * s.samples_per_prompt
     phase.add("KV cache", _kv_cache(shape, sequences, length, p), f"{sequences} sequences x {length} tokens")
     return phase
+
+
+def grpo_phases(recipe: Recipe, models: Models, precision: str, cuda: bool = True) -> list[Phase]:
+    """GRPO's two peaks: generating num_generations answers to each prompt of a generation batch (the KV cache),
+    then optimising a micro-batch of them, as a TRL training run (posttrain.methods.grpo's defaults included)."""
+    from posttrain.methods.grpo import TRAIN_DEFAULTS
+
+    recipe = replace(recipe, train=TRAIN_DEFAULTS | recipe.train)
+    train, shape, length = recipe.train, models.policy.shape, recipe.data.max_length
+    optimisation = training(recipe, models, precision, cuda)
+    generation = Phase("generation")
+    p = Precision.of(precision, recipe.model.quantization != "none", cuda)
+    kept = ("base weights", "LoRA weights", "reference adapter", "reward adapter", "reward adapters")
+    generation.terms = [term for term in optimisation.terms if term.name.startswith(kept)]
+    r, targets = _adapter_r(recipe, models.policy)
+    adapter = lora_parameters(shape, r, targets)
+    optim = train.get("optim", "adamw_torch_fused")
+    generation.add("optimizer states", adapter * optimizer_bytes_per_parameter(optim), f"{optim}, kept between steps")
+    steps = train.get("steps_per_generation") or train.get("gradient_accumulation_steps", 1)
+    sequences = train.get("generation_batch_size") or train["per_device_train_batch_size"] * steps
+    answers = train["num_generations"]
+    prompts = f"{sequences // answers} prompt{'s' * (sequences // answers != 1)}"
+    note = f"{sequences} sequences ({prompts} x {answers} answers) x {length} tokens"
+    generation.add("KV cache", _kv_cache(shape, sequences, length, p), note)
+    return [generation, optimisation]

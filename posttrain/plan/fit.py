@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from posttrain.methods import METHODS
-from posttrain.plan.estimate import Models, estimate, trains_checkpointed
+from posttrain.plan.estimate import Models, estimate, response_room, trains_checkpointed
 from posttrain.plan.memory import GIB
 from posttrain.precision import Hardware, choose_precision, detect_hardware
 from posttrain.recipe import Recipe
@@ -124,8 +124,7 @@ def _training_changes(recipe: Recipe) -> list[tuple[str, Callable[[Recipe], None
 
 def _longest_fitting_length(recipe: Recipe, models: Models, precision: str, budget: int) -> int | None:
     """The largest data.max_length (a multiple of 64) whose peak stays within `budget`, if below the recipe's."""
-    samples = METHODS[recipe.method].data == "prompts"  # ppo, rs: room for the response
-    shortest = 64 + (getattr(recipe, recipe.method).max_new_tokens if samples else 0)
+    shortest = 64 + response_room(recipe)
 
     def peak(length: int) -> int:
         changed = copy.deepcopy(recipe)

@@ -1,0 +1,57 @@
+"""GRPO really learns: on smollm2-135m, rewarded by a function for answering in fewer words (a check, no reward
+model), the mean reward over the last steps is clearly above that of the first steps, and the answers get shorter.
+
+As for PPO (tests/test_ppo_learning.py), tiny-llama2 cannot show this: its random network barely moves under LoRA.
+Not yet seen to pass: on a loaded 2-core machine a step took 15-230 s, and the reward rose from -1.98 (first two
+steps) to -1.41 (fifth) before the run was stopped.
+"""
+
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from posttrain.cli import app
+
+BREVITY = """
+def brevity(prompts, completions, **kwargs):
+    return [-len(completion[0]["content"].split()) / 4 for completion in completions]
+"""
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+@pytest.mark.slow
+def test_grpo_raises_a_verifiable_reward(tmp_path):
+    (tmp_path / "brevity.py").write_text(BREVITY)
+    recipe = {
+        "method": "grpo",
+        "model": {"name": "smollm2-135m", "quantization": "none", "chat_template": "chatml"},
+        "data": {"train": "builtin:arithmetic", "max_length": 64},
+        "grpo": {"rewards": [{"function": f"{tmp_path / 'brevity.py'}:brevity"}]},
+        "train": {
+            "max_steps": 10,
+            "num_generations": 4,
+            "per_device_train_batch_size": 8,  # two prompts' 4 answers per step
+            "gradient_accumulation_steps": 1,
+            "max_completion_length": 12,
+            "learning_rate": 5e-4,
+            "warmup_steps": 0,
+            "activation_checkpointing": False,
+            "report_to": "none",
+            "save_strategy": "no",
+        },
+        "output_dir": str(tmp_path / "grpo"),
+    }
+    path = tmp_path / "grpo.yaml"
+    path.write_text("# posttrain grpo grpo.yaml\n" + yaml.safe_dump(recipe))
+    result = CliRunner().invoke(app, ["grpo", str(path)])
+    assert result.exit_code == 0, result.output
+    history = json.loads((tmp_path / "grpo" / "metrics.json").read_text())["log_history"]
+    steps = [entry for entry in history if "reward" in entry]
+    first, last = steps[:3], steps[-3:]
+    assert mean([s["reward"] for s in last]) > mean([s["reward"] for s in first]) + 0.3
+    assert mean([s["completions/mean_length"] for s in last]) < mean([s["completions/mean_length"] for s in first])
