@@ -222,6 +222,9 @@ class GAttSection(SamplingSection):
         default_factory=list, metadata=_help("the recipe's own instructions (default: the built-in families)")
     )
     batch_size: int = field(default=8, metadata=_help("dialogues sampled together"))
+    keep_cut_off: bool = field(
+        default=False, metadata=_help("keep a reply cut off at max_new_tokens (SFT then teaches stopping there)")
+    )
 
     def __post_init__(self) -> None:
         # the reward run is optional here: without one, each dialogue's single last reply is kept
@@ -255,6 +258,9 @@ class DistillSection(SamplingSection):
         default=True, metadata=_help("use a row's risk_category preprompt when there is one (false: generic only)")
     )
     batch_size: int = field(default=8, metadata=_help("prompts sampled together"))
+    keep_cut_off: bool = field(
+        default=False, metadata=_help("keep a reply cut off at max_new_tokens (SFT then teaches stopping there)")
+    )
 
     def __post_init__(self) -> None:
         if not self.reward:

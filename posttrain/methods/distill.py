@@ -78,13 +78,17 @@ def read_safety_prompts(recipe: Recipe, tokenizer) -> tuple[list[dict], int]:
     return prompts, len(too_long)
 
 
-def select(prompts: list[dict], original: list[dict], preprompted: list[dict], keep: str) -> list[dict]:
+def select(
+    prompts: list[dict], original: list[dict], preprompted: list[dict], keep: str, keep_cut_off: bool = False
+) -> list[dict]:
     """Each prompt with both answers; the preprompted one is kept where it scores higher (keep: higher) or always
-    (all), unless it was cut off at max_new_tokens (SFT would teach stopping mid-sentence)."""
+    (all), unless it was cut off at max_new_tokens (SFT would teach stopping mid-sentence; keep_cut_off: kept too)."""
     selected = []
     for prompt, plain, guided in zip(prompts, original, preprompted, strict=True):
         better = keep == "all" or guided["score"] > plain["score"]
-        selected.append(prompt | {"original": plain, "preprompted": guided, "kept": better and guided["finished"]})
+        selected.append(
+            prompt | {"original": plain, "preprompted": guided, "kept": better and (guided["finished"] or keep_cut_off)}
+        )
     return selected
 
 
@@ -108,7 +112,7 @@ def answers(sampler: Sampler, prompts: list[dict], s) -> list[dict]:
                     for r, c, f in zip(samples.responses, scores, finished, strict=True)
                 ]
             )
-        records += select(batch, both[0], both[1], s.keep)
+        records += select(batch, both[0], both[1], s.keep, s.keep_cut_off)
     return records
 
 

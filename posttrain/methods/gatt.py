@@ -135,9 +135,10 @@ def build_dialogues(sampler: Sampler, dialogues: list[dict], s) -> list[dict]:
 
 def record_of(dialogue: dict, replies: list[str], candidates: list[dict], s) -> dict:
     """A built dialogue: its best finished last reply is trained on; with none finished it is left out (SFT would
-    teach stopping mid-sentence)."""
-    finished = [c for c in candidates if c["finished"]]
-    best = max(finished, key=lambda c: c["score"] or 0.0) if finished else candidates[0]
+    teach stopping mid-sentence) unless gatt.keep_cut_off says to keep it."""
+    finished = [c for c in candidates if c["finished"] or s.keep_cut_off]
+    best = max(finished, key=lambda c: (c["score"] or 0.0) - s.missing_eos_penalty * (not c["finished"]))
+    best = best if finished else candidates[0]
     turns = len(dialogue["turns"])
     return {
         "instruction": dialogue["instruction"],
@@ -149,6 +150,7 @@ def record_of(dialogue: dict, replies: list[str], candidates: list[dict], s) -> 
         "trained_turn": turns,  # the assistant turn the loss falls on (1-based): the last
         "candidates": candidates,
         "kept": bool(finished),
+        "kept_score": best["score"],
     }
 
 
@@ -156,7 +158,7 @@ def build_metrics(records: list[dict], seconds: float) -> dict:
     kept = [r for r in records if r["kept"]]
     scored = [r for r in kept if r["candidates"][0]["score"] is not None]  # with a reward run
     scores = [c["score"] for r in scored for c in r["candidates"]]
-    best = [max(c["score"] for c in r["candidates"] if c["finished"]) for r in scored]
+    best = [r["kept_score"] for r in scored]
     return {
         "dialogues": len(records),
         "kept": len(kept),

@@ -124,7 +124,12 @@ def fine_tune(stage: Stage, rows: list[dict], data_name: str, extra_metrics: dic
     from posttrain.methods.trl_backed import train_and_finish, trl_config, trl_trainer
 
     if not rows:
-        raise UserError(f"{stage.recipe.method}: no example was kept, so there is nothing to fine-tune on.")
+        method = stage.recipe.method
+        raise UserError(
+            f"{method}: no example was kept, so there is nothing to fine-tune on (see {stage.run.built}). Replies cut "
+            f"off at {method}.max_new_tokens are left out: raise it, or set {method}.keep_cut_off: true."
+        )
     sft_stage = replace(stage, data=PreparedData(data_name, rows))
     trainer = trl_trainer(SFTTrainer, trl_config(SFTConfig, sft_stage), sft_stage)
+    resume = resume and stage.run.latest_checkpoint() is not None  # built data but no SFT checkpoint: start the SFT
     return train_and_finish(sft_stage, trainer, resume=resume, extra_metrics=lambda: extra_metrics)
