@@ -110,9 +110,8 @@ def test_gatt_runs_end_to_end_and_the_run_loads_in_generate_and_merge(tmp_path, 
     assert metrics["gatt"]["dialogues"] == 3 and metrics["gatt"]["kept"] == sum(r["kept"] for r in built)
 
     out = tmp_path / "answers.jsonl"
-    generated = CliRunner().invoke(
-        app, ["generate", str(run), "--prompts", "builtin:pirate_heldout", "--output", str(out), "--max-new-tokens", "4"]
-    )
+    args = ["generate", str(run), "--prompts", "builtin:pirate_heldout", "--output", str(out), "--max-new-tokens", "4"]
+    generated = CliRunner().invoke(app, args)
     assert generated.exit_code == 0, generated.output
     merged = CliRunner().invoke(app, ["merge", str(run), "--output", str(tmp_path / "merged")])
     assert merged.exit_code == 0, merged.output
