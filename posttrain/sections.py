@@ -254,3 +254,72 @@ def _check_reward(entry, key: str) -> None:
         raise UserError(f"{key}.max_words: expected a whole number of words above 0, got {value!r}.")
     if kind != "max_words" and not (isinstance(value, str) and value):
         raise UserError(f"{key}.{kind}: expected text, got {value!r}.")
+
+
+@dataclass
+class GAttSection(SamplingSection):
+    SECTION: ClassVar[str] = "gatt"
+
+    reward: str = field(
+        default="",
+        metadata=_help("reward run scoring each dialogue's last reply (needed for samples_per_dialogue > 1)"),
+    )
+    instruction_in: Literal["system", "first_user"] = field(
+        default="system", metadata=_help("where the trained dialogue keeps the instruction: system or first_user")
+    )
+    chain: int = field(default=0, metadata=_help("join single prompts into dialogues of this many turns (0: no)"))
+    max_turns: int = field(default=0, metadata=_help("use at most this many user turns per dialogue (0: all)"))
+    samples_per_dialogue: int = field(default=1, metadata=_help("K last replies sampled, the reward run's best kept"))
+    short_form: float = field(default=0.5, metadata=_help("share of instructions in their short form (Hobby: chess.)"))
+    instructions: list[str] = field(
+        default_factory=list, metadata=_help("the recipe's own instructions (default: the built-in families)")
+    )
+    batch_size: int = field(default=8, metadata=_help("dialogues sampled together"))
+    keep_cut_off: bool = field(
+        default=False, metadata=_help("keep a reply cut off at max_new_tokens (SFT then teaches stopping there)")
+    )
+
+    def __post_init__(self) -> None:
+        # the reward run is optional here: without one, each dialogue's single last reply is kept
+        if self.temperature <= 0:
+            raise UserError(f"gatt.temperature must be above 0 (replies are sampled), got {self.temperature}.")
+        if self.samples_per_dialogue < 1 or (self.samples_per_dialogue > 1 and not self.reward):
+            raise UserError(
+                f"gatt.samples_per_dialogue is {self.samples_per_dialogue}: it takes gatt.reward (a reward run that "
+                "picks the best last reply) above 1, and must be at least 1."
+            )
+        if self.chain == 1 or self.chain < 0:
+            raise UserError(f"gatt.chain must be 0 (off) or at least 2 turns, got {self.chain}.")
+        if not 0 <= self.short_form <= 1:
+            raise UserError(f"gatt.short_form must be in [0, 1], got {self.short_form}.")
+
+
+@dataclass
+class DistillSection(SamplingSection):
+    SECTION: ClassVar[str] = "distill"
+
+    reward: str = field(default="", metadata=_help("safety reward run: scores both answers without the preprompt"))
+    keep: Literal["higher", "all"] = field(
+        default="higher", metadata=_help("higher: the preprompted answer only where it scores higher; all: always")
+    )
+    preprompt: str = field(default="", metadata=_help("generic safety preprompt (default: the built-in one)"))
+    preprompts: dict[str, str] = field(
+        default_factory=dict,
+        metadata=_help("{risk category: preprompt with an answer template}, added to the built-in ones"),
+    )
+    by_category: bool = field(
+        default=True, metadata=_help("use a row's risk_category preprompt when there is one (false: generic only)")
+    )
+    batch_size: int = field(default=8, metadata=_help("prompts sampled together"))
+    keep_cut_off: bool = field(
+        default=False, metadata=_help("keep a reply cut off at max_new_tokens (SFT then teaches stopping there)")
+    )
+
+    def __post_init__(self) -> None:
+        if not self.reward:
+            raise UserError(
+                "recipe key distill.reward is required: the run folder of a safety reward model "
+                "(`posttrain reward RECIPE` on safety preferences)."
+            )
+        if self.temperature <= 0:
+            raise UserError(f"distill.temperature must be above 0 (answers are sampled), got {self.temperature}.")

@@ -115,6 +115,10 @@ def outcome(metrics: dict) -> str:
         trend = metrics["mean_reward"]
         return f"mean reward {trend['first']:.3f} over the first steps, {trend['last']:.3f} over the last"
     line = f"train loss {metrics['train'].get('train_loss', 0):.4f}"
+    if "distill" in metrics:
+        line += f"; {metrics['distill']['kept']} of {metrics['distill']['prompts']} preprompted answers kept"
+    if "gatt" in metrics:
+        line += f"; trained on {metrics['gatt']['kept']} of {metrics['gatt']['dialogues']} built dialogues"
     if "reward_accuracy" in metrics:
         accuracy = metrics["reward_accuracy"]
         line += f"; eval accuracy {accuracy['accuracy']:.3f} on {accuracy['pairs']} held-out pairs"

@@ -14,7 +14,9 @@ import typer
 from posttrain.cli.support import quiet_libraries, reports_user_errors
 
 use_app = typer.Typer()
-eval_app = typer.Typer(help="Evaluate: reward accuracy, win-rate, perplexity. One JSON report per call.")
+eval_app = typer.Typer(
+    help="Evaluate: reward accuracy, win-rate, perplexity, instruction keeping (gatt). One JSON report per call."
+)
 use_app.add_typer(eval_app, name="eval", no_args_is_help=True)
 
 ModelArg = Annotated[str, typer.Argument(help="Hub id, local or merged folder, alias, or run folder.")]
@@ -183,6 +185,41 @@ def eval_perplexity(
     quiet_libraries()
     report = perplexity(model, data, window, stride, chat_template)
     finish_report(path, report, perplexity_rows(report))
+
+
+@eval_app.command("gatt")
+@reports_user_errors
+def eval_gatt(
+    model: ModelArg,
+    prompts: Annotated[
+        str, typer.Option(help="Dialogues (user turns in order) in any data format, or builtin:NAME.")
+    ] = "builtin:gatt_dialogues",
+    turns: Annotated[int, typer.Option(help="Turns per dialogue (padded with generic follow-up questions).")] = 4,
+    dialogues: Annotated[int, typer.Option(help="Dialogues played per instruction.")] = 8,
+    instruction_in: Annotated[str, typer.Option(help="Where the instruction sits: system | first_user.")] = "system",
+    chat_template: ChatTemplate = "auto",
+    batch_size: BatchSize = 8,
+    max_new_tokens: MaxNewTokens = 64,
+    do_sample: DoSample = False,
+    temperature: Temperature = 0.7,
+    top_k: TopK = 50,
+    top_p: TopP = 1.0,
+    repetition_penalty: RepetitionPenalty = 1.0,
+    seed: Seed = 0,
+    output: ReportPath = None,
+):
+    """Share of replies per turn that still follow a checkable first-turn instruction (Ghost Attention's target)."""
+    from posttrain.evaluation.gatt import gatt_eval, gatt_rows, plot
+    from posttrain.evaluation.report import report_path
+
+    path = report_path("gatt", output)
+    settings = generation_settings(max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty)
+    quiet_libraries()
+    options = {"batch_size": batch_size, "seed": seed, "chat_template": chat_template, "echo": typer.echo}
+    report = gatt_eval(model, prompts, turns, dialogues, instruction_in, settings, **options)
+    finish_report(path, report, gatt_rows(report))
+    picture = path.with_suffix(".png")
+    typer.echo(f"plot: {picture}" if plot(report, picture) else "plot: skipped (matplotlib is not installed)")
 
 
 @use_app.command()

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Literal
 
-from posttrain.sections import GRPOSection, PPOSection, RewardSection, RSSection
+from posttrain.sections import DistillSection, GAttSection, GRPOSection, PPOSection, RewardSection, RSSection
 
 # A causal-LM adapter (a policy) can be continued by any method that trains one; a reward run is another head.
-POLICIES = frozenset({"sft", "dpo", "orpo", "kto", "ppo", "rs", "grpo"})
+POLICIES = frozenset({"sft", "dpo", "orpo", "kto", "ppo", "rs", "grpo", "gatt", "distill"})
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class Method:
     sections: dict[str, type]  # recipe sections of its own, for what TRL has no field for
     continues_from: frozenset[str]  # methods whose runs it may continue (model.name or model.adapter)
     starts_from: tuple[str, ...]  # the runs its shipped recipes start from, in the order they are trained
-    plan: Literal["training", "ppo", "rs", "grpo"]  # how `posttrain plan` estimates it (posttrain.plan.estimate)
+    plan: Literal["training", "ppo", "rs", "grpo", "generation"]  # how `posttrain plan` estimates it
     score_head: bool = False  # trains a one-output score head (a reward model) instead of the LM head
     reference_adapter: bool = False  # keeps a frozen copy of the adapter it continues, as its reference
 
@@ -125,6 +125,26 @@ METHODS = {
             starts_from=("sft", "reward"),
             plan="grpo",
             reference_adapter=True,  # with train.beta above 0, TRL keeps a frozen copy of the starting adapter
+        ),
+        Method(
+            name="gatt",
+            help="Ghost Attention (Llama 2): dialogues sampled with an instruction on every turn, SFT with it once.",
+            data="prompts",
+            train_config=("trl", "SFTConfig"),  # the SFT on the built dialogues
+            sections={"gatt": GAttSection},
+            continues_from=POLICIES,
+            starts_from=("sft", "reward"),
+            plan="generation",
+        ),
+        Method(
+            name="distill",
+            help="Safety context distillation (Llama 2): answers behind a safety preprompt, kept where safer, SFT.",
+            data="prompts",
+            train_config=("trl", "SFTConfig"),  # the SFT on the kept answers
+            sections={"distill": DistillSection},
+            continues_from=POLICIES,
+            starts_from=("sft", "reward"),
+            plan="generation",
         ),
     )
 }

@@ -48,6 +48,8 @@ def estimate(recipe: Recipe, models: Models, precision: str, cuda: bool = True) 
         return Estimate([rs_sampling(recipe, models, precision, cuda), training(recipe, models, precision, cuda)])
     if how == "grpo":
         return Estimate(grpo_phases(recipe, models, precision, cuda))
+    if how == "generation":
+        return Estimate([generation(recipe, models, precision, cuda), training(recipe, models, precision, cuda)])
     return Estimate([training(recipe, models, precision, cuda)])
 
 
@@ -222,3 +224,16 @@ def grpo_phases(recipe: Recipe, models: Models, precision: str, cuda: bool = Tru
     note = f"{sequences} sequences ({prompts} x {answers} answers) x {length} tokens"
     generation.add("KV cache", _kv_cache(shape, sequences, length, p), note)
     return [generation, optimisation]
+
+
+def generation(recipe: Recipe, models: Models, precision: str, cuda: bool = True) -> Phase:
+    """gatt and distill build their data with the frozen policy (and reward run) before the SFT: a batch of
+    sequences (gatt: K per dialogue at the last turn) as long as data.max_length in the KV cache."""
+    s, shape, length = getattr(recipe, recipe.method), models.policy.shape, recipe.data.max_length
+    p = Precision.of(precision, quantized_training=False, cuda=cuda)
+    phase = Phase("generation")
+    _weights(phase, recipe, shape, p.residual)
+    _rl_adapters(phase, recipe, models, trainable=False)
+    sequences = s.batch_size * getattr(s, "samples_per_dialogue", 1)
+    phase.add("KV cache", _kv_cache(shape, sequences, length, p), f"{sequences} sequences x {length} tokens")
+    return phase

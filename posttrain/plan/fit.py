@@ -89,6 +89,11 @@ def _changes(recipe: Recipe, models: Models) -> list[tuple[str, Callable[[Recipe
     if how == "rs" and recipe.rs.batch_size > 1:
         halved = recipe.rs.batch_size // 2
         changes.insert(0, (f"rs.batch_size={halved}", lambda r: setattr(r.rs, "batch_size", r.rs.batch_size // 2)))
+    if how == "generation" and getattr(recipe, recipe.method).batch_size > 1:  # gatt, distill
+        key = f"{recipe.method}.batch_size={getattr(recipe, recipe.method).batch_size // 2}"
+        changes.insert(
+            0, (key, lambda r: setattr(getattr(r, r.method), "batch_size", getattr(r, r.method).batch_size // 2))
+        )
     if models.policy.lora is None and recipe.lora.r >= 8:
         changes.append((f"lora.r={recipe.lora.r // 2} lora.alpha={max(1, recipe.lora.alpha // 2)}", _halve_rank))
     return changes
