@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from posttrain.data.padding import PaddingMeter, padded_fraction
 from posttrain.data.prepare import PreparedData, prepare_data
 from posttrain.methods.common import Stage, load_trainable_model, prepare_stage, seed_everything
 from posttrain.precision import keep_trainable_fp32, trainer_flags
@@ -51,7 +52,7 @@ def trl_config(config_cls: type, stage: Stage):
 def trl_trainer(trainer_cls: type, config, stage: Stage, task_type: str = "CAUSAL_LM", **extra):
     """A TRL trainer on the 4-bit base with its LoRA adapter, the prepared data and the run's TensorBoard logs."""
     seed_everything(config.seed)  # before the adapter's (and a score head's) random init, not only in the trainer
-    return trainer_cls(
+    trainer = trainer_cls(
         model=load_trainable_model(stage, task_type),
         args=config,
         processing_class=stage.tokenizer,
@@ -59,6 +60,8 @@ def trl_trainer(trainer_cls: type, config, stage: Stage, task_type: str = "CAUSA
         **datasets_of(stage.data),
         **extra,
     )
+    trainer.data_collator = PaddingMeter(trainer.data_collator, trainer)  # padding share for metrics.json
+    return trainer
 
 
 def datasets_of(data: PreparedData) -> dict:
@@ -93,6 +96,8 @@ def train_and_finish(stage: Stage, trainer, *, resume: bool, extra_metrics: Call
     if trainer.eval_dataset is not None:
         metrics["eval"] = trainer.evaluate()
     metrics |= data_metrics(stage.data) | extra_metrics()
+    if isinstance(trainer.data_collator, PaddingMeter):
+        metrics["data"]["batches"] = trainer.data_collator.metrics()
     stage.run.save_adapter(trainer)
     if trainer.is_world_process_zero():
         stage.tokenizer.save_pretrained(stage.run.path)
@@ -112,8 +117,17 @@ def describe_data(data: PreparedData) -> list[str]:
         loss = "loss on assistant turns only"
     else:
         loss = "loss on every token (continued pretraining)"
-    lines = [f"data        {data.format}: {len(data.train)} train rows, {len(data.eval)} eval rows; {loss}"]
+    rows = "blocks" if data.pretokenized else "rows"
+    lines = [f"data        {data.format}: {len(data.train)} train {rows}, {len(data.eval)} eval {rows}; {loss}"]
     return lines + data.report.lines()
+
+
+def padding_line(data: PreparedData, batch_size: int, padding_free: bool) -> str:
+    """The share of batch tokens that would be padding, said before training (metrics.json has the measured one)."""
+    if padding_free:
+        return f"batches     padding-free: the {batch_size} rows of a batch laid end to end, 0% padding"
+    share = padded_fraction(data.train_lengths, batch_size)
+    return f"batches     padded to the longest of {batch_size} rows: about {share:.0%} of batch tokens are padding"
 
 
 def data_metrics(data: PreparedData) -> dict:
@@ -121,4 +135,8 @@ def data_metrics(data: PreparedData) -> dict:
     if data.report is not None:  # data read from files (rs builds its rows itself)
         report = data.report
         counts |= {"too_long": report.too_long, "on_too_long": report.action, "identical_pairs": report.identical}
+        counts |= {"prompts_cut": report.prompts_cut, "sources": data.sources}
+        if report.blocks:
+            blocks = report.blocks
+            counts |= {"documents": blocks.documents, "tokens": blocks.tokens, "blocks": blocks.blocks}
     return {"data": counts}
