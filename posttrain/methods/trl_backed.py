@@ -10,6 +10,7 @@ from pathlib import Path
 from posttrain.data.padding import PaddingMeter, padded_fraction
 from posttrain.data.prepare import PreparedData, prepare_data
 from posttrain.methods.common import Stage, load_trainable_model, prepare_stage, seed_everything
+from posttrain.plan.fit import resolve_auto_checkpointing
 from posttrain.precision import keep_trainable_fp32, trainer_flags
 from posttrain.recipe import Recipe
 
@@ -26,6 +27,8 @@ COMMON_TRAIN_DEFAULTS = {
     "report_to": ["tensorboard"],
     "seed": 42,
 }
+# posttrain's own values for TRL keys, resolved in prepare_with_data before the TRL config is built.
+AUTO_TRAIN_DEFAULTS = {"activation_checkpointing": "auto"}  # on only when the plan says the run needs it to fit
 
 
 def prepare_with_data(recipe: Recipe, defaults: dict, preference: bool = False, margins: dict | None = None) -> Stage:
@@ -35,7 +38,8 @@ def prepare_with_data(recipe: Recipe, defaults: dict, preference: bool = False, 
     seed = recipe.train.get("seed", defaults["seed"])
     stage.data = prepare_data(recipe.data, stage.tokenizer, seed=seed, preference=preference, margins=margins)
     stage.details = describe_data(stage.data)
-    recipe.train = defaults | recipe.train
+    recipe.train = defaults | AUTO_TRAIN_DEFAULTS | recipe.train
+    stage.details += resolve_auto_checkpointing(recipe, stage.hardware, stage.precision)
     return stage
 
 
