@@ -160,7 +160,23 @@ def test_eval_fraction_holds_out_rows_deterministically(tiny_model):
 
 def long_tailed_documents(count: int = 40) -> list[str]:
     """Web-text-like documents: most short, a few far longer than max_length."""
-    words = "the captain sailed past the harbour light while the crew sang of gold and storms".split()
+    words = [
+        "the",
+        "captain",
+        "sailed",
+        "past",
+        "the",
+        "harbour",
+        "light",
+        "while",
+        "the",
+        "crew",
+        "sang",
+        "of",
+        "gold",
+        "and",
+        "storms",
+    ]
     sizes = [20 + (i * 37) % 90 for i in range(count - 3)] + [600, 900, 1500]
     return [" ".join(words[(i + k) % len(words)] for k in range(size)) for i, size in enumerate(sizes)]
 

@@ -109,7 +109,8 @@ def test_shipped_preference_sets_parse():
 
 
 def long_prompt_pairs() -> list[dict]:
-    """ShareGPT pairs whose multi-turn prompt, not their answers, makes them too long; the last one's answer alone is."""
+    """ShareGPT pairs too long because of their prompt (multi-turn, or one long turn); the last one's answer alone
+    is too long."""
     history = []
     for turn in range(6):
         history += [
