@@ -95,6 +95,16 @@ def find_recipe(ref: str) -> Path:
     )
 
 
+def default_chat_template(model: str) -> str:
+    """The chat template a recipe for `model` picks: the shipped recipes' choice for it, else model.chat_template's
+    default (Llama 2's)."""
+    for path in shipped_recipes().values():
+        spec = read_yaml(path).get("model") or {}
+        if spec.get("name") == model and spec.get("chat_template"):
+            return spec["chat_template"]
+    return ModelSection.__dataclass_fields__["chat_template"].default
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
