@@ -7,13 +7,22 @@ warm-up steps.
 Writes benchmarks/results/train_speed.json.
 
     python benchmarks/train_speed.py [--methods sft reward dpo orpo kto] [--steps 10] [--default-steps 3]
+
+`--compare batching checkpointing` instead runs posttrain's SFT defaults against what they replaced, alternating
+the variants round by round in this one process so that machine load falls on both alike:
+- batching: padded batches (the old default) vs padding-free ones, on a long-tailed instruction set, in real
+  (non-pad) tokens per second;
+- checkpointing: activation checkpointing on (TRL's default) vs `auto` (off where the plan says the run fits).
+Writes benchmarks/results/sft_defaults_speed.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +33,7 @@ from transformers import TrainerCallback
 BATCH, TOKENS, WARMUP = 4, 128, 2
 LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear"}
 RESULTS = Path(__file__).parent / "results" / "train_speed.json"
+COMPARE_RESULTS = Path(__file__).parent / "results" / "sft_defaults_speed.json"
 
 
 class StepTimer(TrainerCallback):
@@ -171,6 +181,108 @@ def run_plain_trl(method: str, model_dir: str, quantized: bool, trl_defaults: bo
     return timer.summary(1 if trl_defaults else WARMUP, BATCH * TOKENS if method == "sft" else None)
 
 
+# ---------------------------------------------------------------- posttrain's SFT defaults against the old ones
+
+
+def long_tailed_conversations(count: int = 160, seed: int = 0) -> list[dict]:
+    """Multi-turn conversations of builtin:pirate_sft exchanges, the number of exchanges log-normal (median 3, up
+    to 16): with ChatML on smollm2-135m, median about 200 tokens, a tail to 1024."""
+    import random
+
+    from posttrain.data.sources import read_rows
+
+    exchanges = [row.data["messages"][-2:] for row in read_rows("builtin:pirate_sft")]
+    rng = random.Random(seed)
+    rows = []
+    for i in range(count):
+        turns = max(1, min(16, round(rng.lognormvariate(1.1, 0.9))))
+        rows.append({"messages": [m for j in range(turns) for m in exchanges[(7 * i + j) % len(exchanges)]]})
+    return rows
+
+
+class RealTokens:
+    """Wraps a trainer's collator and keeps the real (non-pad) tokens of every training batch, in order."""
+
+    def __init__(self, collate):
+        self.collate, self.per_batch = collate, []
+
+    def __call__(self, features):
+        batch = self.collate(features)
+        mask = batch.get("attention_mask")
+        self.per_batch.append(int(mask.sum()) if mask is not None else batch["input_ids"].numel())
+        return batch
+
+
+def run_sft_variant(model_dir: str, data: Path, train: dict, steps: int, out: Path) -> dict:
+    from posttrain.methods.common import run_method
+    from posttrain.recipe import build_recipe
+
+    recipe = build_recipe(
+        {
+            "method": "sft",
+            "model": {"name": model_dir, "quantization": "nf4", "chat_template": "chatml"},
+            "data": {"train": str(data), "max_length": 1024},
+            "train": {"max_steps": steps, "per_device_train_batch_size": BATCH, "logging_steps": 1000}
+            | {"save_strategy": "no", "report_to": "none"}
+            | train,
+            "output_dir": str(out / "run"),
+        }
+    )
+    timer, seen, plan = StepTimer(), {}, []
+
+    def hook(trainer):
+        trainer.add_callback(timer)
+        trainer.data_collator = seen["tokens"] = RealTokens(trainer.data_collator)
+        seen["checkpointing"] = trainer.args.activation_checkpointing
+
+    run_method(recipe, echo=plan.append, before_train=hook)
+    timed, real = timer.times[1:], seen["tokens"].per_batch[1:steps]  # the first step warms up
+    return {
+        "s_per_step": round(sum(timed) / len(timed), 2),
+        "real_tokens_per_step": round(sum(real) / len(real), 1),
+        "real_tokens_per_s": round(sum(real) / sum(timed), 1),
+        "activation_checkpointing": seen["checkpointing"],
+        "plan": [line for line in plan if line.startswith(("batches", "memory"))],
+    }
+
+
+def compare_defaults(model_dir: str, which: list[str], rounds: int, steps: int) -> dict:
+    variants = {}
+    if "batching" in which:
+        variants |= {
+            "padded batches (old default)": ("long_tailed", {"padding_free": False, "activation_checkpointing": False}),
+            "padding-free batches (default)": (
+                "long_tailed",
+                {"padding_free": True, "activation_checkpointing": False},
+            ),
+        }
+    if "checkpointing" in which:
+        variants |= {
+            "checkpointing on (TRL default)": ("pirate", {"activation_checkpointing": True}),
+            "checkpointing auto (default)": ("pirate", {"activation_checkpointing": "auto"}),
+        }
+    runs: dict[str, list[dict]] = {name: [] for name in variants}
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {"long_tailed": Path(tmp) / "long_tailed.jsonl", "pirate": Path(tmp) / "pirate.jsonl"}
+        files["long_tailed"].write_text("".join(json.dumps(r) + "\n" for r in long_tailed_conversations()))
+        files["pirate"].write_text(
+            Path(__file__).parents[1].joinpath("posttrain/data/builtin/pirate_sft.jsonl").read_text()
+        )
+        for number in range(rounds):
+            for name, (data, train) in variants.items():
+                with tempfile.TemporaryDirectory() as out:
+                    result = run_sft_variant(model_dir, files[data], train, steps, Path(out))
+                result["measured"] = time.strftime("%Y-%m-%d %H:%M:%S")
+                runs[name].append(result)
+                print(f"round {number + 1} {name:<34} {result}", flush=True)
+    summary = {}
+    for name, results in runs.items():
+        timed = sum(r["s_per_step"] for r in results) / len(results)
+        real = sum(r["real_tokens_per_s"] for r in results) / len(results)
+        summary[name] = {"s_per_step": round(timed, 2), "real_tokens_per_s": round(real, 1), "rounds": results}
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=["sft", "reward", "dpo", "orpo", "kto"])
@@ -182,6 +294,8 @@ def main() -> None:
         default=[],
         help="only the variants whose name contains one of these (merged into an existing results file)",
     )
+    parser.add_argument("--compare", nargs="*", choices=["batching", "checkpointing"], help="see above")
+    parser.add_argument("--rounds", type=int, default=2, help="--compare: rounds of every variant, alternating")
     args = parser.parse_args()
 
     from posttrain.cli.support import quiet_libraries
@@ -189,6 +303,22 @@ def main() -> None:
 
     quiet_libraries()
     model_dir = resolve_model("smollm2-135m").base
+    if args.compare:
+        started = os.getloadavg()
+        results = compare_defaults(model_dir, args.compare, args.rounds, args.steps)
+        report = {
+            "benchmark": "sft_defaults_speed",
+            "model": "smollm2-135m, nf4, LoRA r=16 all-linear, fp32, batch 4",
+            "command": "python benchmarks/train_speed.py " + " ".join(sys.argv[1:]),
+            "load_average_1_5_15min": {"start": started, "end": os.getloadavg()},
+            "machine": {"cpus": os.cpu_count(), "threads": torch.get_num_threads()},
+            "torch": torch.__version__,
+            "results": results,
+        }
+        COMPARE_RESULTS.parent.mkdir(exist_ok=True)
+        COMPARE_RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {COMPARE_RESULTS}")
+        return
     variants = {}
     for method in args.methods:
         variants |= {

@@ -30,6 +30,8 @@ OWNED_TRAIN_KEYS = {
     "max_length": "set `data.max_length`",
     "dataloader_pin_memory": "posttrain pins memory on CUDA only",
 }
+# Values posttrain accepts for TRL fields and settles before the TRL config is built (methods/trl_backed.py).
+POSTTRAIN_TRAIN_VALUES = {"activation_checkpointing": "auto"}
 # Keys written into a run folder's recipe.yaml that describe the run rather than configure it.
 RUN_RECORD_KEYS = ("versions", "base_model")
 SHIPPED_RECIPES = Path(__file__).parent / "recipes"  # inside an installed wheel
@@ -91,6 +93,16 @@ def find_recipe(ref: str) -> Path:
         f"recipe not found: {ref}. Give a YAML path or a shipped recipe name.{hint}\n"
         "List the shipped ones with `posttrain recipes`."
     )
+
+
+def default_chat_template(model: str) -> str:
+    """The chat template a recipe for `model` picks: the shipped recipes' choice for it, else model.chat_template's
+    default (Llama 2's)."""
+    for path in shipped_recipes().values():
+        spec = read_yaml(path).get("model") or {}
+        if spec.get("name") == model and spec.get("chat_template"):
+            return spec["chat_template"]
+    return ModelSection.__dataclass_fields__["chat_template"].default
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -189,7 +201,11 @@ def check_train_section(method: str, train: dict[str, Any]) -> dict[str, Any]:
     fields = {f.name for f in dataclasses.fields(config_cls) if f.init}
     _reject_unknown(train, fields, "train.", what=f"{config_cls.__name__} field")
     hints = typing.get_type_hints(config_cls)
-    return {key: check_value(value, hints.get(key, Any), f"train.{key}") for key, value in train.items()}
+    checked = {}
+    for key, value in train.items():
+        own = POSTTRAIN_TRAIN_VALUES.get(key) == value  # settled by posttrain, not a value TRL takes
+        checked[key] = value if own else check_value(value, hints.get(key, Any), f"train.{key}")
+    return checked
 
 
 def train_config_class(method: str) -> type:
@@ -213,8 +229,19 @@ def _reject_unknown(values: dict[str, Any], known: set[str], prefix: str, what: 
 # ---------------------------------------------------------------- value checking
 
 
+_WHOLE = object()
+
+
 class _Mismatch(Exception):
-    """The value does not fit the type; the message says what was expected."""
+    """The value does not fit the type; the message says what was expected, `where` which part of the value
+    (`[1].weight` inside a list of sources) and `found` what was there."""
+
+    def __init__(self, expected: str, where: str = "", found: Any = _WHOLE):
+        super().__init__(expected)
+        self.where, self.found = where, found
+
+    def inside(self, where: str, found: Any) -> _Mismatch:
+        return _Mismatch(str(self), where + self.where, found if self.found is _WHOLE else self.found)
 
 
 def check_value(value: Any, hint: Any, key: str) -> Any:
@@ -222,7 +249,8 @@ def check_value(value: Any, hint: Any, key: str) -> Any:
     try:
         return _coerce(value, hint)
     except _Mismatch as err:
-        raise UserError(f"recipe key {key}: expected {err}, got {value!r}.") from None
+        found = value if err.found is _WHOLE else err.found
+        raise UserError(f"recipe key {key}{err.where}: expected {err}, got {found!r}.") from None
 
 
 def _coerce(value: Any, hint: Any) -> Any:
@@ -230,11 +258,16 @@ def _coerce(value: Any, hint: Any) -> Any:
     if hint is Any:
         return value
     if origin in (typing.Union, types.UnionType):
+        errors = []
         for option in typing.get_args(hint):
             try:
                 return _coerce(value, option)
-            except _Mismatch:
-                continue
+            except _Mismatch as err:
+                errors.append((option, err))
+        # a list or mapping that fits the shape of one option is reported by what is wrong inside it
+        for option, err in errors:
+            if _same_shape(value, option):
+                raise err
         raise _Mismatch(" or ".join(_describe(option) for option in typing.get_args(hint)))
     if hint is type(None):
         if value is None:
@@ -258,17 +291,54 @@ def _coerce(value: Any, hint: Any) -> Any:
         if not isinstance(value, list):
             raise _Mismatch(_describe(hint))
         (item_hint,) = typing.get_args(hint) or (Any,)
-        return [_coerce(item, item_hint) for item in value]
+        items = []
+        for i, item in enumerate(value):
+            try:
+                items.append(_coerce(item, item_hint))
+            except _Mismatch as err:
+                raise err.inside(f"[{i}]", item) from None
+        return items
     if origin is dict or hint is dict:
         if isinstance(value, dict):
             return value
         raise _Mismatch("a mapping")
+    if dataclasses.is_dataclass(hint):
+        return _coerce_dataclass(value, hint)
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         choices = [member.value for member in hint]
         if value in choices:
             return value
         raise _Mismatch("one of " + ", ".join(map(str, choices)))
     return value  # a type this checker does not model is passed through for TRL to judge
+
+
+def _same_shape(value: Any, hint: Any) -> bool:
+    if isinstance(value, list):
+        return typing.get_origin(hint) is list
+    return isinstance(value, dict) and dataclasses.is_dataclass(hint)
+
+
+def _coerce_dataclass(value: Any, hint: type) -> Any:
+    """A mapping inside a section (a data source): its keys checked like a section's, then the class's own checks."""
+    keys = [f.name for f in dataclasses.fields(hint)]
+    if not isinstance(value, dict):
+        raise _Mismatch(_describe(hint))
+    for key in value:
+        if key not in keys:
+            close = difflib.get_close_matches(str(key), keys, n=1)
+            hint_text = f"; did you mean {close[0]}?" if close else ""
+            raise _Mismatch(f"one of the keys {', '.join(keys)}{hint_text}", f".{key}", key)
+    hints = typing.get_type_hints(hint)
+    checked = {}
+    for key, item in value.items():
+        try:
+            checked[key] = _coerce(item, hints[key])
+        except _Mismatch as err:
+            raise err.inside(f".{key}", item) from None
+    try:
+        return hint(**checked)
+    except UserError as err:
+        raise _Mismatch(f"{_describe(hint)} ({str(err).rstrip('.')})") from None
 
 
 def _coerce_number(value: Any, hint: type) -> Any:
@@ -289,6 +359,12 @@ def _coerce_number(value: Any, hint: type) -> Any:
 def _describe(hint: Any) -> str:
     if typing.get_origin(hint) is Literal:
         return "one of " + ", ".join(map(str, typing.get_args(hint)))
+    if dataclasses.is_dataclass(hint):
+        return "a mapping of " + ", ".join(f.name for f in dataclasses.fields(hint))
+    if typing.get_origin(hint) is list:
+        return "a list of " + " or ".join(_describe(option) for option in typing.get_args(hint) or (Any,))
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(option) for option in typing.get_args(hint))
     names = {int: "a whole number", float: "a number", bool: "true or false", str: "text", type(None): "null"}
     return names.get(hint, getattr(hint, "__name__", str(hint)))
 

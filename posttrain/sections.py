@@ -54,9 +54,44 @@ class LoraSection:
 
 
 @dataclass
+class DataSource:
+    """One source of a mixture: `data.train: [{path: a.jsonl, weight: 2}, {path: b.jsonl, max_rows: 500}]`."""
+
+    path: str = field(default="", metadata=_help("file, folder, glob, hub dataset id or builtin:NAME"))
+    weight: float | None = field(
+        default=None, metadata=_help("its training rows times this: 2 takes each twice, 0.5 a seeded random half")
+    )
+    max_rows: int | None = field(default=None, metadata=_help("read at most this many rows (a seeded random subset)"))
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise UserError("every data source needs a path: {path: FILE} with an optional weight or max_rows.")
+        if self.weight is not None and self.max_rows is not None:
+            raise UserError(f"data source {self.path}: give weight or max_rows, not both.")
+        if self.weight is not None and self.weight <= 0:
+            raise UserError(f"data source {self.path}: weight must be above 0, got {self.weight}.")
+        if self.max_rows is not None and self.max_rows < 1:
+            raise UserError(f"data source {self.path}: max_rows must be at least 1, got {self.max_rows}.")
+
+
+Sources = str | list[str | DataSource]
+
+
+def as_sources(spec: Sources | None) -> list[DataSource]:
+    """A data key (one path, or a list of paths and {path, weight|max_rows}) as a list of sources."""
+    if not spec:
+        return []
+    items = spec if isinstance(spec, list) else [spec]
+    return [DataSource(item) if isinstance(item, str) else item for item in items]
+
+
+@dataclass
 class DataSection:
-    train: str = field(default="", metadata=_help("file path, hub dataset id, or builtin:NAME"))
-    eval: str | None = field(default=None, metadata=_help("held-out file, hub id or builtin:NAME"))
+    train: Sources = field(
+        default="",
+        metadata=_help("file, folder, glob, hub id or builtin:NAME; or a list of them and {path, weight|max_rows}"),
+    )
+    eval: Sources | None = field(default=None, metadata=_help("held-out data, given like train"))
     eval_fraction: float | None = field(default=None, metadata=_help("or hold out this fraction of train"))
     format: str = field(default="auto", metadata=_help("auto, or a format name (see `posttrain data inspect`)"))
     max_length: int = field(default=1024, metadata=_help("longest example in tokens"))
@@ -66,10 +101,24 @@ class DataSection:
     identical_pairs: Literal["drop", "error"] = field(
         default="drop", metadata=_help("preference pairs whose chosen equals rejected; reported with counts")
     )
+    cut_long_prompts: bool = field(
+        default=True,
+        metadata=_help("preference pairs: cut a too-long prompt from the left (earliest turns first) first"),
+    )
+    text_blocks: bool = field(
+        default=True,
+        metadata=_help("text rows: join documents with EOS and cut into max_length blocks (false: on_too_long)"),
+    )
+    documents: Literal["file", "section"] = field(
+        default="file", metadata=_help(".txt/.md files: one document per file, or per blank-line-separated section")
+    )
 
     def __post_init__(self) -> None:
         if not self.train:
-            raise UserError("recipe key data.train is required: a file path, hub dataset id or builtin:NAME.")
+            raise UserError(
+                "recipe key data.train is required: a file, folder, glob, hub dataset id or builtin:NAME, "
+                "or a list of them."
+            )
         if self.eval and self.eval_fraction:
             raise UserError("set data.eval or data.eval_fraction, not both.")
         if self.eval_fraction is not None and not 0 < self.eval_fraction < 1:

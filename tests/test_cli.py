@@ -49,6 +49,24 @@ def test_data_inspect_reports_format_rows_and_lengths():
     assert "format messages, 120 rows" in result.output and "tokens per row" in result.output
 
 
+def test_data_inspect_counts_with_the_template_a_recipe_for_the_model_picks():
+    tiny = invoke("data", "inspect", "builtin:pirate_prefs", "--model", "tiny-llama2")
+    assert tiny.exit_code == 0, tiny.output  # tiny-llama2 has no ChatML tokens: a recipe for it uses llama2
+    assert "(tokens counted with tiny-llama2, llama2 template)" in tiny.output
+    from posttrain.recipe import default_chat_template
+
+    assert default_chat_template("smollm2-135m") == "chatml"  # as its shipped recipes say
+
+
+def test_data_inspect_of_text_files_reports_the_blocks_they_make(tmp_path):
+    for i in (1, 2, 3):
+        (tmp_path / f"notes{i}.md").write_text(f"Notes on ship {i}. " * 40 * i)
+    result = invoke("data", "inspect", str(tmp_path), "--model", "tiny-llama2", "--max-length", "256")
+    assert result.exit_code == 0, result.output
+    assert "format text, 3 rows" in result.output and "tokens per document" in result.output
+    assert "3 documents" in result.output and "no token dropped" in result.output
+
+
 def test_dry_run_prints_the_plan_and_writes_nothing(write_recipe, tmp_path):
     result = invoke("sft", write_recipe(), "--dry-run")
     assert result.exit_code == 0, result.output

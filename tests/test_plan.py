@@ -184,3 +184,22 @@ def test_training_commands_warn_when_the_plan_says_it_will_not_fit():
     said.clear()
     warn_if_too_big(recipe, said.append, memory_gib=80)
     assert said == []
+
+
+@pytest.mark.parametrize(("memory_gib", "checkpointed"), [(24, False), (2, True)])
+def test_auto_checkpointing_turns_on_only_when_the_run_would_not_fit_without_it(memory_gib, checkpointed):
+    from posttrain.plan.fit import resolve_auto_checkpointing
+    from posttrain.precision import Hardware
+
+    recipe = load_recipe("smollm2-135m/sft", ["train.activation_checkpointing=auto"])  # 3.0 GiB without on a CPU
+    lines = resolve_auto_checkpointing(recipe, Hardware("cpu", "CPU"), "fp32", memory_gib)
+    assert recipe.train["activation_checkpointing"] is checkpointed
+    assert f"activation checkpointing {'on' if checkpointed else 'off'} (auto)" in lines[0]
+    assert f"of {memory_gib} GiB RAM" in lines[0]
+
+
+def test_a_plan_settles_auto_checkpointing_for_the_gpu_it_plans_for():
+    t4 = plan("llama2-7b/sft-qlora-t4", "--set", "train.activation_checkpointing=auto", "--gpu", "t4")
+    a100 = plan("llama2-7b/sft-qlora-t4", "--set", "train.activation_checkpointing=auto", "--gpu", "a100-80gb")
+    assert "activation checkpointing on (auto)" in t4.output and "verdict     fits" in t4.output
+    assert "activation checkpointing off (auto)" in a100.output

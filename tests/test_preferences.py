@@ -106,3 +106,50 @@ def test_shipped_preference_sets_parse():
         _, examples = normalise_preferences(read_rows(f"builtin:{name}"), margins=STRENGTH_MARGINS["small"])
         assert len(examples) == rows
     assert {e["strength"] for e in examples} == set(STRENGTH_MARGINS["small"])
+
+
+def long_prompt_pairs() -> list[dict]:
+    """ShareGPT pairs too long because of their prompt (multi-turn, or one long turn); the last one's answer alone
+    is too long."""
+    history = []
+    for turn in range(6):
+        history += [
+            {"from": "human", "value": f"Tell me about ship number {turn}. " + "More detail please. " * 12},
+            {"from": "gpt", "value": f"Ship {turn} sailed far. " * 10},
+        ]
+    ask = {"from": "human", "value": "Which of them was fastest?"}
+    chosen, rejected = {"from": "gpt", "value": "Arr! The third. Fair winds!"}, {"from": "gpt", "value": "Dunno."}
+    rows = [
+        {"conversations": [{"from": "system", "value": "Be a pirate."}, *history, ask], "chosen": chosen}
+        | {"rejected": rejected},
+        {"conversations": [{"from": "human", "value": "Why? " + "Explain the tides to me. " * 60}]}
+        | {"chosen": chosen, "rejected": rejected},
+        {"conversations": [ask], "chosen": {"from": "gpt", "value": "word " * 400}, "rejected": rejected},
+    ]
+    return rows
+
+
+def test_pairs_with_long_prompts_keep_their_answers_and_the_end_of_their_prompt(tiny_model, jsonl):
+    from posttrain.data.prepare import chat_length
+    from posttrain.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model, "llama2")
+    path = str(jsonl(long_prompt_pairs()))
+    data = prepare_data(DataSection(train=path, max_length=200), tokenizer, preference=True)
+    assert len(data.train) == 2 and data.report.prompts_cut == 2 and data.report.too_long == 1
+    multi_turn, one_turn = data.train
+    assert multi_turn["prompt"][0] == {"role": "system", "content": "Be a pirate."}  # the system message stays
+    assert multi_turn["prompt"][1]["role"] == "user"  # whole turns dropped: it still opens with a user turn
+    assert multi_turn["prompt"][-1]["content"] == "Which of them was fastest?"
+    kept = one_turn["prompt"][0]["content"]
+    assert kept.rstrip().endswith("Explain the tides to me.") and not kept.startswith("Why?")  # cut from the left
+    for pair in data.train:
+        assert pair["chosen"][0]["content"] == "Arr! The third. Fair winds!"
+        assert max(chat_length(tokenizer, pair["prompt"] + pair[side]) for side in ("chosen", "rejected")) <= 200
+    assert "3 of 3 pairs longer than 200 tokens: 2 kept by cutting the prompt from the left" in "\n".join(
+        data.report.lines()
+    )
+    assert "1 of 3 pairs longer than 200 tokens even with the prompt cut: dropped" in data.report.lines()
+
+    with pytest.raises(UserError, match="every train row is longer than data.max_length=200"):  # the old way
+        prepare_data(DataSection(train=path, max_length=200, cut_long_prompts=False), tokenizer, preference=True)

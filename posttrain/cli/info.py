@@ -93,22 +93,29 @@ info_app.add_typer(data_app, name="data")
 @data_app.command("inspect")
 @reports_user_errors
 def data_inspect(
-    file: Annotated[str, typer.Argument(help="Data file, hub dataset id or builtin:NAME.")],
+    file: Annotated[str, typer.Argument(help="Data file, folder, glob, hub dataset id or builtin:NAME.")],
     model: Annotated[str, typer.Option(help="Model whose tokenizer counts the tokens.")] = "smollm2-135m",
-    chat_template: Annotated[str, typer.Option(help="llama2 | chatml | model | path.jinja")] = "chatml",
+    chat_template: Annotated[
+        str | None,
+        typer.Option(help="llama2 | chatml | model | path.jinja [default: what a recipe for --model picks]"),
+    ] = None,
     data_format: Annotated[str, typer.Option("--format", help="auto, or a format name.")] = "auto",
     max_length: Annotated[int, typer.Option(help="Length limit to report against.")] = 1024,
 ):
     """Detected format (SFT, preference or unpaired feedback), row count and token-length histogram of a data file;
     for feedback, the desirable/undesirable balance."""
     from posttrain.data.feedback import balance_lines, is_feedback
-    from posttrain.data.prepare import LengthReport, is_preference, load_examples, measure, preference_length_lines
+    from posttrain.data.lengths import LengthReport, measure, preference_length_lines
+    from posttrain.data.prepare import is_preference, load_examples
+    from posttrain.data.text_blocks import pack_documents
     from posttrain.models.loading import load_tokenizer, resolve_model
+    from posttrain.recipe import default_chat_template
 
     quiet_libraries()
     fmt, rows, examples = load_examples(file, data_format, preference=None)
     feedback = is_feedback(rows)
     preference = is_preference(rows) and not feedback
+    chat_template = chat_template or default_chat_template(model)
     tokenizer = load_tokenizer(resolve_model(model), chat_template)
     lengths = measure(tokenizer, rows, examples)
     kind = "rows of unpaired feedback (posttrain kto)" if feedback else "preference pairs" if preference else "rows"
@@ -122,6 +129,12 @@ def data_inspect(
         labels = sorted({e["strength"] for e in examples if "strength" in e})
         if labels:
             typer.echo(f"strength labels: {', '.join(labels)}")
-    report = LengthReport(lengths, max_length, "drop", sum(n > max_length for n in lengths))
+    if fmt == "text":  # trained as blocks (data.text_blocks), so nothing is too long
+        _, blocks = pack_documents(tokenizer, [e["text"] for e in examples], max_length)
+        for line in LengthReport(lengths, max_length, "blocks", blocks=blocks, unit="document").lines():
+            typer.echo(line)
+        return
+    unit = "pair" if preference else "row"
+    report = LengthReport(lengths, max_length, "drop", sum(n > max_length for n in lengths), unit=unit)
     for line in report.lines():
         typer.echo(line.replace("dropped", "would be dropped by data.on_too_long: drop"))

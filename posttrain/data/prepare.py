@@ -1,39 +1,28 @@
-"""From a recipe's `data:` section to checked train/eval rows, with a token-length report."""
+"""From a recipe's `data:` section to checked train/eval rows, with a token-length report.
+
+One source or a mixture (posttrain.data.mixture); text documents joined into blocks (posttrain.data.text_blocks);
+preference pairs too long for max_length keep their answers by losing the start of the prompt
+(posttrain.data.prompt_cut); every other row longer than max_length is dropped, truncated or refused (on_too_long).
+"""
 
 from __future__ import annotations
 
 import random
-import statistics
 from dataclasses import dataclass, field
 
 from posttrain.data.feedback import is_feedback, normalise_feedback
 from posttrain.data.formats import normalise
+from posttrain.data.lengths import (  # noqa: F401 (chat_length: other modules import it from here)
+    LengthReport,
+    chat_length,
+    measure,
+)
+from posttrain.data.mixture import Part, read_parts, source_counts, source_lines, weighted_order
 from posttrain.data.preferences import identical_pairs, normalise_preferences
+from posttrain.data.prompt_cut import cut_prompt, pair_length
 from posttrain.data.sources import Row, read_rows
+from posttrain.data.text_blocks import pack_documents
 from posttrain.errors import UserError
-
-
-@dataclass
-class LengthReport:
-    lengths: list[int]  # tokens per row, before any dropping or truncation
-    max_length: int
-    action: str  # what on_too_long did
-    too_long: int = 0
-    identical: int = 0  # preference pairs dropped because chosen == rejected
-
-    def lines(self) -> list[str]:
-        lengths = self.lengths
-        lines = [
-            f"tokens per row: min {min(lengths)}, median {int(statistics.median(lengths))}, "
-            f"max {max(lengths)} (data.max_length {self.max_length})"
-        ]
-        lines += histogram(lengths, self.max_length)
-        if self.too_long:
-            verb = {"drop": "dropped", "truncate": "truncated to max_length"}[self.action]
-            lines.append(f"{self.too_long} of {len(lengths)} rows longer than {self.max_length} tokens: {verb}")
-        if self.identical:
-            lines.append(f"{self.identical} pairs with chosen identical to rejected: dropped")
-        return lines
 
 
 @dataclass
@@ -42,74 +31,21 @@ class PreparedData:
     train: list[dict]
     eval: list[dict] = field(default_factory=list)
     report: LengthReport | None = None
+    train_lengths: list[int] = field(default_factory=list)  # tokens of each training row as it will be trained
+    sources: list[dict] = field(default_factory=list)  # rows per source, for metrics.json
 
     @property
     def conversational(self) -> bool:
         return "messages" in self.train[0] or "prompt" in self.train[0]
 
     @property
+    def pretokenized(self) -> bool:
+        """Text joined into token blocks (continued pretraining)."""
+        return "input_ids" in self.train[0]
+
+    @property
     def strength_labels(self) -> bool:
         return any("strength" in row for row in self.eval)
-
-
-def histogram(lengths: list[int], max_length: int, width: int = 30) -> list[str]:
-    """Rows per token-length bucket (powers of two), the part beyond max_length on its own line."""
-    edges = [0]
-    while edges[-1] < max_length:
-        edges.append(min(max(2 * edges[-1], 16), max_length))
-    buckets = [(lo, hi - 1) for lo, hi in zip(edges, edges[1:], strict=False)]
-    counts = [sum(lo <= n <= hi for n in lengths) for lo, hi in buckets]
-    labels = [f"{lo:>6}-{hi:<6}" for lo, hi in buckets]
-    over = sum(n >= max_length for n in lengths)
-    counts.append(over)
-    labels.append(f"  >= {max_length:<7}")
-    scale = width / max(max(counts), 1)
-    return [
-        f"  {label} {count:>6} {'#' * round(count * scale)}"
-        for label, count in zip(labels, counts, strict=True)
-        if count or label.strip()[0] != ">"
-    ]
-
-
-def chat_length(tokenizer, messages: list[dict], **kwargs) -> int:
-    return len(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)["input_ids"])
-
-
-def token_length(tokenizer, example: dict) -> int:
-    """Tokens of a training example; for a preference pair, its longer side."""
-    if "completion" in example:  # unpaired feedback
-        return chat_length(tokenizer, example["prompt"] + example["completion"])
-    if "chosen" in example:
-        return max(chat_length(tokenizer, example["prompt"] + example[side]) for side in ("chosen", "rejected"))
-    if "messages" in example:
-        return chat_length(tokenizer, example["messages"])
-    return len(tokenizer(example["text"])["input_ids"]) + 1  # + the EOS that training appends
-
-
-def measure(tokenizer, rows: list[Row], examples: list[dict]) -> list[int]:
-    from jinja2 import TemplateError
-
-    lengths = []
-    for row, example in zip(rows, examples, strict=True):
-        try:
-            lengths.append(token_length(tokenizer, example))
-        except TemplateError as err:
-            raise UserError(f"{row.where}: the chat template rejects this conversation: {err}") from None
-    return lengths
-
-
-def summary(name: str, lengths: list[int]) -> str:
-    return f"{name} tokens: min {min(lengths)}, median {int(statistics.median(lengths))}, max {max(lengths)}"
-
-
-def preference_length_lines(tokenizer, examples: list[dict]) -> list[str]:
-    """Prompt and response lengths of preference pairs (responses counted after the rendered prompt)."""
-    prompts = [chat_length(tokenizer, e["prompt"], add_generation_prompt=True) for e in examples]
-    lines = [summary("prompt", prompts)]
-    for side in ("chosen", "rejected"):
-        full = [chat_length(tokenizer, e["prompt"] + e[side]) for e in examples]
-        lines.append(summary(side, [f - p for f, p in zip(full, prompts, strict=True)]))
-    return lines
 
 
 def is_preference(rows: list[Row]) -> bool:
@@ -129,14 +65,18 @@ def load_examples(
     if preference:
         fmt, examples = normalise_preferences(rows, fmt, margins)
     else:
-        if is_feedback(rows):
-            raise UserError(
-                f"{source} has a label column: it is unpaired feedback (good/bad answers), which SFT would learn "
-                "from as if every answer were good. Train on it with `posttrain kto`, or drop the label column "
-                "(and the bad answers) to fine-tune on it."
-            )
+        refuse_feedback_for_sft(rows, source)
         fmt, examples = normalise(rows, fmt)
     return fmt, rows, examples
+
+
+def refuse_feedback_for_sft(rows: list[Row], source) -> None:
+    if is_feedback(rows):
+        raise UserError(
+            f"{source} has a label column: it is unpaired feedback (good/bad answers), which SFT would learn "
+            "from as if every answer were good. Train on it with `posttrain kto`, or drop the label column "
+            "(and the bad answers) to fine-tune on it."
+        )
 
 
 def drop_identical_pairs(rows: list[Row], examples: list[dict], action: str, label: str) -> tuple[list, list, int]:
@@ -173,34 +113,113 @@ def apply_max_length(rows, examples, lengths, max_length: int, action: str, labe
     return examples, len(too_long)
 
 
+def normalise_part(part: Part, fmt: str, margins: dict | None, preference: bool, feedback: bool) -> None:
+    if feedback:  # a pair gives two examples, so its row is listed twice
+        part.format, part.rows, part.examples = normalise_feedback(part.rows, fmt)
+    elif preference:
+        part.format, part.examples = normalise_preferences(part.rows, fmt, margins)
+    else:
+        refuse_feedback_for_sft(part.rows, part.source.path)
+        part.format, part.examples = normalise(part.rows, fmt)
+
+
+def load_parts(spec, data, margins: dict | None, preference: bool, feedback: bool, seed: int, label: str):
+    """Every source read and normalised on its own; a mixture of raw text and conversations is refused."""
+    parts = read_parts(spec, data.documents, seed)
+    for part in parts:
+        normalise_part(part, data.format, margins, preference, feedback)
+    text = [p.source.path for p in parts if "text" in p.examples[0]]
+    if text and len(text) < len(parts):
+        other = next(p.source.path for p in parts if "text" not in p.examples[0])
+        raise UserError(
+            f"data.{label} mixes raw text ({text[0]}) with conversations ({other}); a run trains on one kind. "
+            "Give conversations only, or text only."
+        )
+    return parts
+
+
+def mixture_format(parts: list[Part]) -> str:
+    return " + ".join(dict.fromkeys(p.format for p in parts))
+
+
 def prepare_data(
     data, tokenizer, seed: int = 42, preference: bool = False, margins: dict | None = None, feedback: bool = False
 ):
-    """Read, check and measure the train (and eval) rows of a recipe's `data:` section."""
-
-    def load(source: str, fmt: str, label: str):
-        fmt, rows, examples = load_examples(source, fmt, margins, preference, feedback)
-        identical = 0
-        if preference:
-            rows, examples, identical = drop_identical_pairs(rows, examples, data.identical_pairs, label)
-        lengths = measure(tokenizer, rows, examples)
-        kept, too_long = apply_max_length(rows, examples, lengths, data.max_length, data.on_too_long, label)
-        return fmt, kept, LengthReport(lengths, data.max_length, data.on_too_long, too_long, identical)
-
-    fmt, train, report = load(data.train, data.format, "train")
-    evaluation: list[dict] = []
+    """Read, check and measure the train (and eval) rows of a recipe's `data:` section (feedback: unpaired rows
+    with a label, for kto)."""
+    parts = load_parts(data.train, data, margins, preference, feedback, seed, "train")
+    rows = [row for part in parts for row in part.rows]
+    examples = [example for part in parts for example in part.examples]
+    origin = [number for number, part in enumerate(parts) for _ in part.rows]
+    train = list(range(len(rows)))
+    eval_rows, eval_examples = [], []
     if data.eval:
-        _, evaluation, _ = load(data.eval, fmt, "eval")
+        eval_parts = load_parts(data.eval, data, margins, preference, feedback, seed, "eval")
+        eval_rows = [row for part in eval_parts for row in part.rows]
+        eval_examples = [example for part in eval_parts for example in part.examples]
     elif data.eval_fraction:
-        train, evaluation = split(train, data.eval_fraction, seed)
-    return PreparedData(fmt, train, evaluation, report)
+        train, held = split_indices(len(rows), data.eval_fraction, seed)
+        eval_rows, eval_examples = [rows[i] for i in held], [examples[i] for i in held]
+    order = weighted(train, origin, parts, seed)
+    rows, examples = [rows[i] for i in order], [examples[i] for i in order]
+    if "text" in examples[0] and data.text_blocks:
+        return text_blocks(data, tokenizer, parts, examples, eval_examples)
+    kept, lengths, report = fit_to_length(data, tokenizer, rows, examples, preference, "train")
+    report.sources = source_lines(parts)
+    evaluation = fit_to_length(data, tokenizer, eval_rows, eval_examples, preference, "eval")[0] if eval_rows else []
+    return PreparedData(mixture_format(parts), kept, evaluation, report, lengths, source_counts(parts))
 
 
-def split(examples: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    order = list(range(len(examples)))
+def weighted(train: list[int], origin: list[int], parts: list[Part], seed: int) -> list[int]:
+    """The training rows with each source's weight applied (after the eval rows were held out)."""
+    order = []
+    for number, part in enumerate(parts):
+        mine = [i for i in train if origin[i] == number]
+        picks = weighted_order(len(mine), part.source.weight, seed)
+        part.weighted = len(picks) if part.source.weight is not None else None
+        order += [mine[k] for k in picks]
+    return order
+
+
+def text_blocks(data, tokenizer, parts: list[Part], examples: list[dict], eval_examples: list[dict]):
+    """Continued pretraining: documents joined with EOS and cut into max_length blocks, every token kept."""
+    train, blocks = pack_documents(tokenizer, [e["text"] for e in examples], data.max_length)
+    evaluation = pack_documents(tokenizer, [e["text"] for e in eval_examples], data.max_length)[0]
+    report = LengthReport(
+        blocks.lengths, data.max_length, "blocks", blocks=blocks, sources=source_lines(parts), unit="document"
+    )
+    train_lengths = [len(block["input_ids"]) for block in train]
+    return PreparedData(mixture_format(parts), train, evaluation, report, train_lengths, source_counts(parts))
+
+
+def fit_to_length(data, tokenizer, rows: list[Row], examples: list[dict], preference: bool, label: str):
+    """(kept examples, their trained lengths, report): identical pairs dropped, too-long prompts cut, then
+    data.on_too_long for what is still too long."""
+    identical = 0
+    if preference:
+        rows, examples, identical = drop_identical_pairs(rows, examples, data.identical_pairs, label)
+    lengths = measure(tokenizer, rows, examples)
+    fitted, cut = list(lengths), 0
+    if preference and data.cut_long_prompts:
+        examples = list(examples)
+        for i, n in enumerate(lengths):
+            if n > data.max_length and (shorter := cut_prompt(tokenizer, examples[i], data.max_length)) is not None:
+                examples[i], fitted[i], cut = shorter, pair_length(tokenizer, shorter["prompt"], shorter), cut + 1
+    kept, too_long = apply_max_length(rows, examples, fitted, data.max_length, data.on_too_long, label)
+    trained = [min(n, data.max_length) for n in fitted if n <= data.max_length or data.on_too_long != "drop"]
+    unit = "pair" if preference else "row"
+    report = LengthReport(
+        lengths, data.max_length, data.on_too_long, too_long, identical, cut, unit=unit, cut_tried=cut > 0
+    )
+    return kept, trained, report
+
+
+def split_indices(count: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, held-out) row indices: a seeded random `fraction` held out, at least one row."""
+    order = list(range(count))
     random.Random(seed).shuffle(order)
-    n_eval = max(1, round(len(examples) * fraction))
-    if n_eval >= len(examples):
-        raise UserError(f"data.eval_fraction={fraction} leaves no training rows out of {len(examples)}.")
+    n_eval = max(1, round(count * fraction))
+    if n_eval >= count:
+        raise UserError(f"data.eval_fraction={fraction} leaves no training rows out of {count}.")
     held = set(order[:n_eval])
-    return [e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held]
+    return [i for i in range(count) if i not in held], sorted(held)

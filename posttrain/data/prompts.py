@@ -7,11 +7,15 @@ prompt is reported by its place and what was wrong with it.
 
 from __future__ import annotations
 
+from collections import Counter
+
 from posttrain.data.formats import ROLES, SHAREGPT_ROLES, RowError
+from posttrain.data.mixture import read_parts, weighted_order
 from posttrain.data.preferences import PREFERENCE_FORMATS, detect_preference_format
 from posttrain.data.prepare import chat_length
-from posttrain.data.sources import Row, read_rows
+from posttrain.data.sources import Row
 from posttrain.errors import UserError
+from posttrain.sections import Sources, as_sources
 
 EXPECTED = (
     "each row needs a prompt: prompt (text or messages), messages or conversations ending in a user turn, "
@@ -28,7 +32,7 @@ def is_safety(row: dict) -> bool:
 
 
 def load_prompts(
-    source: str,
+    source: Sources,
     tokenizer,
     max_length: int,
     limit: str | None = None,
@@ -51,14 +55,21 @@ def too_long_message(too_long: list[str], total: int, max_length: int, limit: st
     )
 
 
-def read_prompts(source: str, tokenizer, max_length: int, columns: bool = False) -> tuple[list[dict], dict[int, str]]:
+def read_prompts(
+    source: Sources, tokenizer, max_length: int, columns: bool = False
+) -> tuple[list[dict], dict[int, str]]:
     """(every usable prompt, {index: file and row} of those longer than max_length); an unusable row is a
-    UserError. With `columns`, each prompt also carries its row's other columns (e.g. an answer to check)."""
+    UserError. `source` may be a mixture: each prompt records the source it came from. With `columns`, each prompt
+    also carries its row's other columns (e.g. an answer to check)."""
     from jinja2 import TemplateError
 
-    rows = read_rows(source)
+    rows, origins = [], []
+    for part in read_parts(source):
+        order = weighted_order(len(part.rows), part.source.weight, seed=42)
+        rows += [part.rows[i] for i in order]
+        origins += [part.source.path] * len(order)
     prompts, problems, too_long = [], [], {}
-    for row in rows:
+    for row, origin in zip(rows, origins, strict=True):
         try:
             prompt = prompt_of(row)
             length = chat_length(tokenizer, prompt, add_generation_prompt=True)
@@ -70,10 +81,19 @@ def read_prompts(source: str, tokenizer, max_length: int, columns: bool = False)
             if length > max_length:
                 too_long[len(prompts)] = row.where
             extra = {k: v for k, v in row.data.items() if k not in CONVERSATION_KEYS} if columns else {}
-            prompts.append(extra | {"prompt": prompt, "safety": is_safety(row.data)})
+            prompts.append(extra | {"prompt": prompt, "safety": is_safety(row.data), "source": origin})
     if problems:
-        raise UserError(problem_report(source, len(rows), problems, usable=len(prompts)))
+        where = ", ".join(s.path for s in as_sources(source))
+        raise UserError(problem_report(where, len(rows), problems, usable=len(prompts)))
     return prompts, too_long
+
+
+def prompt_sources(prompts: list[dict]) -> str:
+    """Where prompts came from: one source, or each source of a mixture with its count."""
+    counts = Counter(p["source"] for p in prompts)
+    if len(counts) == 1:
+        return next(iter(counts))
+    return f"{len(counts)} sources: " + ", ".join(f"{path} ({n})" for path, n in counts.items())
 
 
 def problem_report(source: str, total: int, problems: list[str], usable: int) -> str:

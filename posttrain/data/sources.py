@@ -1,9 +1,13 @@
-"""Reading rows from a data source: a local file, a hub dataset id, or `builtin:NAME` shipped with posttrain."""
+"""Reading rows from a data source: a local file, a folder or glob of files, a hub dataset id, or `builtin:NAME`
+shipped with posttrain. Plain-text files (.txt, .md) become `text` rows for continued pretraining: one document per
+file, or one per blank-line-separated section."""
 
 from __future__ import annotations
 
 import csv
+import glob
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +15,8 @@ from posttrain.errors import UserError
 
 BUILTIN = Path(__file__).parent / "builtin"
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+TEXT_SUFFIXES = (".txt", ".md")
+BLANK_LINES = re.compile(r"\n\s*\n")
 
 
 @dataclass
@@ -25,17 +31,20 @@ def builtin_names() -> list[str]:
     return sorted(p.stem for p in BUILTIN.glob("*.jsonl"))
 
 
-def read_rows(source: str) -> list[Row]:
-    """All rows of a source; an unreadable or empty source is a UserError."""
+def read_rows(source: str, documents: str = "file") -> list[Row]:
+    """All rows of a source; an unreadable or empty source is a UserError. `documents` says what one document of a
+    .txt/.md file is: the whole file, or each blank-line-separated section."""
     if source.startswith("builtin:"):
         name = source.removeprefix("builtin:")
         path = BUILTIN / f"{name}.jsonl"
         if not path.is_file():
             raise UserError(f"no built-in dataset {name!r}. Built-in: {', '.join(builtin_names())}.")
-        rows = _read_file(path, label=source)
+        rows = _read_file(path, source, documents)
+    elif Path(source).expanduser().is_dir() or glob.has_magic(source):
+        rows = [row for path in _files_of(source) for row in _read_file(path, str(path), documents)]
     elif Path(source).expanduser().exists():
-        rows = _read_file(Path(source).expanduser(), label=source)
-    elif source.startswith((".", "/", "~")) or Path(source).suffix in SUFFIXES:
+        rows = _read_file(Path(source).expanduser(), source, documents)
+    elif source.startswith((".", "/", "~")) or Path(source).suffix in SUFFIXES + TEXT_SUFFIXES:
         raise UserError(f"data file not found: {source}")
     else:
         rows = _read_hub(source)
@@ -44,11 +53,30 @@ def read_rows(source: str) -> list[Row]:
     return rows
 
 
-def _read_file(path: Path, label: str) -> list[Row]:
-    if path.is_dir():
-        raise UserError(f"{label} is a folder; give a .jsonl, .json, .csv or .parquet file.")
+def _files_of(source: str) -> list[Path]:
+    """The data files of a folder (searched recursively) or a glob, in name order."""
+    root = Path(source).expanduser()
+    found = root.rglob("*") if root.is_dir() else (Path(p) for p in glob.glob(str(root), recursive=True))
+    files = sorted(p for p in found if p.is_file() and p.suffix.lower() in SUFFIXES + TEXT_SUFFIXES)
+    if not files:
+        kinds = ", ".join(SUFFIXES + TEXT_SUFFIXES)
+        raise UserError(f"{source} matches no data files ({kinds}).")
+    return files
+
+
+def _read_text(path: Path, label: str, documents: str) -> list[Row]:
+    text = path.read_text(encoding="utf-8")
+    if documents == "file":
+        return [Row({"text": text}, label)] if text.strip() else []
+    sections = [part.strip() for part in BLANK_LINES.split(text)]
+    return [Row({"text": part}, f"{label} section {i}") for i, part in enumerate(sections, start=1) if part]
+
+
+def _read_file(path: Path, label: str, documents: str = "file") -> list[Row]:
     suffix = path.suffix.lower()
     try:
+        if suffix in TEXT_SUFFIXES:
+            return _read_text(path, label, documents)
         if suffix == ".jsonl":
             return _read_jsonl(path, label)
         if suffix == ".json":
@@ -66,7 +94,9 @@ def _read_file(path: Path, label: str) -> list[Row]:
         if suffix == ".parquet":
             raise UserError(f"cannot read {label} as parquet: {err}") from None
         raise
-    raise UserError(f"{label}: unsupported file type {suffix or '(none)'}; use .jsonl, .json, .csv or .parquet.")
+    raise UserError(
+        f"{label}: unsupported file type {suffix or '(none)'}; use .jsonl, .json, .csv, .parquet, .txt or .md."
+    )
 
 
 def _read_jsonl(path: Path, label: str) -> list[Row]:

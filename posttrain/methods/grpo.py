@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from posttrain.data.prepare import PreparedData, split
+from posttrain.data.prepare import PreparedData, split_indices
 from posttrain.data.prompts import read_prompts, too_long_message
 from posttrain.errors import UserError
 from posttrain.methods.common import Stage, prepare_stage
@@ -59,7 +59,8 @@ def prepare(recipe: Recipe, echo: Callable[[str], None] = print) -> Stage:
         prompts_that_fit(recipe.data.eval, stage.tokenizer, recipe, completion, echo) if recipe.data.eval else []
     )
     if recipe.data.eval_fraction:
-        train, evaluation = split(train, recipe.data.eval_fraction, recipe.train["seed"])
+        kept, held = split_indices(len(train), recipe.data.eval_fraction, recipe.train["seed"])
+        train, evaluation = [train[i] for i in kept], [train[i] for i in held]
     columns = set.intersection(*(set(row) for row in train))
     entries = recipe.grpo.rewards
     keys = [f"grpo.rewards[{index}]" for index in range(len(entries))]

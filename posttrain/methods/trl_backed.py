@@ -7,9 +7,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from posttrain.data.padding import PaddingMeter, padded_fraction
 from posttrain.data.prepare import PreparedData, prepare_data
 from posttrain.methods import METHODS
 from posttrain.methods.common import Stage, load_trainable_model, prepare_stage, seed_everything
+from posttrain.plan.fit import resolve_auto_checkpointing
 from posttrain.precision import keep_trainable_fp32, trainer_flags
 from posttrain.recipe import Recipe
 from posttrain.runs import stopping
@@ -27,6 +29,8 @@ COMMON_TRAIN_DEFAULTS = {
     "report_to": ["tensorboard"],
     "seed": 42,
 }
+# posttrain's own values for TRL keys, resolved in prepare_with_data before the TRL config is built.
+AUTO_TRAIN_DEFAULTS = {"activation_checkpointing": "auto"}  # on only when the plan says the run needs it to fit
 
 
 def prepare_with_data(recipe: Recipe, defaults: dict, preference: bool = False, margins: dict | None = None) -> Stage:
@@ -39,7 +43,8 @@ def prepare_with_data(recipe: Recipe, defaults: dict, preference: bool = False, 
         recipe.data, stage.tokenizer, seed=seed, preference=preference, margins=margins, feedback=feedback
     )
     stage.details = describe_data(stage.data)
-    recipe.train = defaults | recipe.train
+    recipe.train = defaults | AUTO_TRAIN_DEFAULTS | recipe.train
+    stage.details += resolve_auto_checkpointing(recipe, stage.hardware, stage.precision)
     return stage
 
 
@@ -60,7 +65,7 @@ def trl_trainer(trainer_cls: type, config, stage: Stage, task_type: str = "CAUSA
     data and the run's TensorBoard logs."""
     from posttrain.methods.callbacks import NoFinalCheckpoint, StopOnSignal
 
-    return trainer_cls(
+    trainer = trainer_cls(
         model=model if model is not None else trainable_model(stage, config, task_type),
         args=config,
         processing_class=stage.tokenizer,
@@ -68,6 +73,8 @@ def trl_trainer(trainer_cls: type, config, stage: Stage, task_type: str = "CAUSA
         **datasets_of(stage.data),
         **extra,
     )
+    trainer.data_collator = PaddingMeter(trainer.data_collator, trainer)  # padding share for metrics.json
+    return trainer
 
 
 def trainable_model(stage: Stage, config, task_type: str = "CAUSAL_LM"):
@@ -109,6 +116,8 @@ def train_and_finish(stage: Stage, trainer, *, resume: bool, extra_metrics: Call
     if trainer.eval_dataset is not None:
         metrics["eval"] = trainer.evaluate()
     metrics |= data_metrics(stage.data) | extra_metrics()
+    if isinstance(trainer.data_collator, PaddingMeter):
+        metrics["data"]["batches"] = trainer.data_collator.metrics()
     stage.run.save_adapter(trainer)
     if trainer.is_world_process_zero():
         stage.tokenizer.save_pretrained(stage.run.path)
@@ -130,8 +139,17 @@ def describe_data(data: PreparedData) -> list[str]:
         loss = "loss on assistant turns only"
     else:
         loss = "loss on every token (continued pretraining)"
-    lines = [f"data        {data.format}: {len(data.train)} train rows, {len(data.eval)} eval rows; {loss}"]
+    rows = "blocks" if data.pretokenized else "rows"
+    lines = [f"data        {data.format}: {len(data.train)} train {rows}, {len(data.eval)} eval {rows}; {loss}"]
     return lines + data.report.lines()
+
+
+def padding_line(data: PreparedData, batch_size: int, padding_free: bool) -> str:
+    """The share of batch tokens that would be padding, said before training (metrics.json has the measured one)."""
+    if padding_free:
+        return f"batches     padding-free: the {batch_size} rows of a batch laid end to end, 0% padding"
+    share = padded_fraction(data.train_lengths, batch_size)
+    return f"batches     padded to the longest of {batch_size} rows: about {share:.0%} of batch tokens are padding"
 
 
 def data_metrics(data: PreparedData) -> dict:
@@ -139,4 +157,8 @@ def data_metrics(data: PreparedData) -> dict:
     if data.report is not None:  # data read from files (rs builds its rows itself)
         report = data.report
         counts |= {"too_long": report.too_long, "on_too_long": report.action, "identical_pairs": report.identical}
+        counts |= {"prompts_cut": report.prompts_cut, "sources": data.sources}
+        if report.blocks:
+            blocks = report.blocks
+            counts |= {"documents": blocks.documents, "tokens": blocks.tokens, "blocks": blocks.blocks}
     return {"data": counts}

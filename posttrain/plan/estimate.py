@@ -90,8 +90,10 @@ def response_room(recipe: Recipe) -> int:
 
 
 def trains_checkpointed(train: dict) -> bool:
-    """Whether a TRL run recomputes activations (on unless the recipe's train: section turns it off)."""
-    return bool(train.get("activation_checkpointing", train.get("gradient_checkpointing", True)))
+    """Whether a TRL run recomputes activations: TRL's default is on; `auto` (posttrain's) counts as on until a run
+    or `posttrain plan` settles it for its device."""
+    value = train.get("activation_checkpointing", train.get("gradient_checkpointing", True))
+    return value == "auto" or bool(value)
 
 
 def training(recipe: Recipe, models: Models, precision: str, cuda: bool = True) -> Phase:

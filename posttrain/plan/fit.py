@@ -5,9 +5,11 @@ check on a GPU before loading anything, and warn."""
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from posttrain.errors import UserError
 from posttrain.methods import METHODS
 from posttrain.plan.estimate import Models, estimate, response_room, trains_checkpointed
 from posttrain.plan.memory import GIB
@@ -164,6 +166,49 @@ def suggestions(recipe: Recipe, models: Models, precision: str, usable: int) -> 
     return sorted(found, key=lambda item: -item[1])
 
 
+# ---------------------------------------------------------------- activation checkpointing: auto
+
+
+def device_memory_gib(hardware: Hardware) -> float:
+    """What a run on this machine has: the GPU's memory, or on a CPU the machine's RAM."""
+    if hardware.device == "cuda":
+        import torch
+
+        return torch.cuda.get_device_properties(0).total_memory / GIB
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
+
+
+def resolve_auto_checkpointing(
+    recipe: Recipe, hardware: Hardware, precision: str, memory_gib: float | None = None
+) -> list[str]:
+    """Settle `train.activation_checkpointing: auto` (the TRL-trained methods' default) in place: on when the plan's
+    peak without it leaves less than 10% of the device's memory free, off otherwise (recomputing every layer costs
+    about a third more time per step). Returns the line saying which and why."""
+    train = recipe.train
+    if train.get("activation_checkpointing", "auto") != "auto":
+        return []
+    if "gradient_checkpointing" in train:  # transformers' older name, set by the recipe: it decides
+        train.pop("activation_checkpointing", None)
+        return []
+    cuda = hardware.device == "cuda"
+    memory_gib = device_memory_gib(hardware) if memory_gib is None else memory_gib
+    without = copy.deepcopy(recipe)
+    without.train["activation_checkpointing"] = False
+    try:
+        peak = estimate(without, Models.of(recipe), precision, cuda=cuda).total
+    except UserError:
+        train["activation_checkpointing"] = True
+        return ["memory      activation checkpointing on (auto: the plan cannot read this model's config)"]
+    budget = (memory_gib - (CUDA_CONTEXT_GIB if cuda else 0)) * GIB * (1 - WANTED_HEADROOM)
+    needed = peak > budget
+    train["activation_checkpointing"] = needed
+    where = "GPU memory" if cuda else "RAM"
+    return [
+        f"memory      activation checkpointing {'on' if needed else 'off'} (auto): {peak / GIB:.1f} GiB predicted "
+        f"without it, {'over' if needed else 'within'} 90% of {memory_gib:.3g} GiB {where}"
+    ]
+
+
 # ---------------------------------------------------------------- what the commands print
 
 
@@ -171,12 +216,17 @@ def plan_lines(recipe: Recipe, gpu_name: str, memory_gib: float, hardware: Hardw
     """The report of `posttrain plan`: each phase's terms, the verdict, and the changes that would make it fit."""
     precision = choose_precision(recipe.model.precision, hardware)
     models = Models.of(recipe)
+    auto = []
+    if METHODS[recipe.method].plan == "training":  # the methods whose runs settle train.activation_checkpointing: auto
+        recipe = copy.deepcopy(recipe)
+        auto = resolve_auto_checkpointing(recipe, hardware, precision, memory_gib)
     result = estimate(recipe, models, precision)
     shape = models.policy.shape
     lines = [
         f"plan        {recipe.method} {recipe.source} on {gpu_name} ({memory_gib:g} GiB), {precision}",
         f"model       {models.policy.base}: {shape.layers} layers, hidden {shape.hidden}, vocabulary {shape.vocab}",
     ]
+    lines += [line.replace("memory     ", "checkpoint ") for line in auto]
     for phase in result.phases:
         peak = " (the peak)" if phase is result.peak and len(result.phases) > 1 else ""
         lines.append(f"{phase.name}{peak}")
@@ -195,7 +245,6 @@ def plan_lines(recipe: Recipe, gpu_name: str, memory_gib: float, hardware: Hardw
 
 def warn_if_too_big(recipe: Recipe, echo: Callable[[str], None], memory_gib: float | None = None) -> None:
     """Before a training command loads anything on a GPU: say so when the plan predicts it will not fit."""
-    from posttrain.errors import UserError
 
     hardware = detect_hardware()
     if hardware.device != "cuda" and memory_gib is None:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from posttrain.data.prompts import read_prompts, too_long_message
+from posttrain.data.prompts import prompt_sources, read_prompts, too_long_message
 from posttrain.errors import UserError
 from posttrain.methods.common import Stage, load_base, prepare_stage
 from posttrain.models.loading import lora_config, method_of_run, resolve_model
@@ -85,7 +85,7 @@ def prepare_rl_stage(recipe: Recipe, prompt_room: int, echo: Callable[[str], Non
         )
     stage.data = RLInputs(prompts, rewards)
     stage.details = [
-        f"prompts     {len(prompts)} from {recipe.data.train} ({tagged} tagged safety)",
+        f"prompts     {len(prompts)} from {prompt_sources(prompts)} ({tagged} tagged safety)",
         f"reward      {', '.join(f'{role}: {path.parent}' for role, path in rewards.items())}",
     ]
     return stage
