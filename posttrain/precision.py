@@ -83,3 +83,20 @@ def keep_trainable_fp32(model) -> None:
     for param in model.parameters():
         if param.requires_grad and param.dtype != torch.float32:
             param.data = param.data.float()
+
+
+def check_weights_finite(model, step: int, checkpoints) -> None:
+    """Stop a run whose trainable weights stopped being numbers (an update from an overflowed loss or gradient;
+    fp16 on a T4 is where this happens). A step fp16's loss scaler skipped leaves the weights as they were, so
+    this only fires when an update went through. The step is not saved, so the last checkpoint stays good."""
+    import torch
+
+    broken = [name for name, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+    if broken:
+        raise UserError(
+            f"step {step}: {len(broken)} trainable weights are no longer finite numbers (first: {broken[0]}): the "
+            "loss or its gradient overflowed. Training stopped before saving this step; the last checkpoint in "
+            f"{checkpoints} (if any) is good to --resume from after a change: a lower learning rate "
+            "(train.learning_rate or ppo.learning_rate), a shorter data.max_length, or train.max_grad_norm. The "
+            "trainable LoRA weights are already kept in fp32."
+        )

@@ -20,7 +20,8 @@ from posttrain.cli.train import train_app
 from posttrain.cli.use import use_app
 
 app = typer.Typer(
-    help="Post-train Llama-2-family models on one small GPU: SFT, reward, PPO, rejection sampling, DPO, ORPO.",
+    help="Post-train Llama-2-family models on one small GPU: SFT, reward, PPO, rejection sampling, DPO, ORPO, KTO, "
+    "GRPO, Ghost Attention, safety context distillation.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from transformers import TrainerCallback
 
+from posttrain.precision import check_weights_finite
 from posttrain.runs import stopping
 
 
@@ -27,4 +28,22 @@ class NoFinalCheckpoint(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step >= state.max_steps and not stopping.requested():
             control.should_save = False
+        return control
+
+
+class StopOnNonFiniteWeights(TrainerCallback):
+    """Stop, before the step is saved, when an update made a trainable weight non-finite (see
+    posttrain.precision.check_weights_finite), and count the steps fp16's loss scaler skipped: an overflow it handled
+    by lowering the scale, which is how mixed precision is meant to work, reported in metrics.json."""
+
+    def __init__(self, checkpoints):
+        self.checkpoints = checkpoints
+        self.skipped_steps = 0
+
+    def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        if getattr(optimizer, "step_was_skipped", False):  # accelerate's optimizer wrapper under a GradScaler
+            self.skipped_steps += 1
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        check_weights_finite(model, state.global_step, self.checkpoints)
         return control

@@ -57,6 +57,7 @@ def train(stage: Stage, *, resume: bool, echo: Callable[[str], None] = print) ->
         stage.before_train(trainer)
     history = trainer.train()
     metrics = {"steps": history, "final": average(history[-3:]), "first": average(history[:3])}
+    metrics["fp16_skipped_updates"] = trainer.skipped_updates  # overflows the loss scaler handled by skipping
     if accelerator.is_main_process:
         save_policy(trainer.shared, stage)
         stage.run.write_metrics(metrics)

@@ -10,6 +10,7 @@ from pathlib import Path
 from posttrain.data.padding import PaddingMeter, padded_fraction
 from posttrain.data.prepare import PreparedData, prepare_data
 from posttrain.methods import METHODS
+from posttrain.methods.callbacks import NoFinalCheckpoint, StopOnNonFiniteWeights, StopOnSignal
 from posttrain.methods.common import Stage, load_trainable_model, prepare_stage, seed_everything
 from posttrain.plan.fit import resolve_auto_checkpointing
 from posttrain.precision import keep_trainable_fp32, trainer_flags
@@ -63,13 +64,12 @@ def trl_config(config_cls: type, stage: Stage):
 def trl_trainer(trainer_cls: type, config, stage: Stage, task_type: str = "CAUSAL_LM", model=None, **extra):
     """A TRL trainer on the 4-bit base with its LoRA adapter (or `model`, made by `trainable_model`), the prepared
     data and the run's TensorBoard logs."""
-    from posttrain.methods.callbacks import NoFinalCheckpoint, StopOnSignal
-
     trainer = trainer_cls(
         model=model if model is not None else trainable_model(stage, config, task_type),
         args=config,
         processing_class=stage.tokenizer,
-        callbacks=tensorboard_callbacks(config, stage.run.logs) + [StopOnSignal(), NoFinalCheckpoint()],
+        callbacks=tensorboard_callbacks(config, stage.run.logs)
+        + [StopOnSignal(), NoFinalCheckpoint(), StopOnNonFiniteWeights(stage.run.checkpoints)],
         **datasets_of(stage.data),
         **extra,
     )
@@ -113,6 +113,8 @@ def train_and_finish(stage: Stage, trainer, *, resume: bool, extra_metrics: Call
     result = trainer.train(resume_from_checkpoint=checkpoint)
     stopping.raise_if_requested(trainer.state.global_step, stage.run)  # SIGTERM or Ctrl-C: stopped with a checkpoint
     metrics = {"train": result.metrics, "final_step": trainer.state.global_step}
+    watch = next(c for c in trainer.callback_handler.callbacks if isinstance(c, StopOnNonFiniteWeights))
+    metrics["fp16_skipped_steps"] = watch.skipped_steps  # overflows the loss scaler handled by skipping the update
     if trainer.eval_dataset is not None:
         metrics["eval"] = trainer.evaluate()
     metrics |= data_metrics(stage.data) | extra_metrics()

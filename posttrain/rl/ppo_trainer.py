@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from posttrain.precision import check_weights_finite
 from posttrain.rl.ppo_math import (
     entropy,
     gae,
@@ -60,6 +61,7 @@ class PPOTrainer:
         optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.history: list[dict] = []
+        self.skipped_updates = 0
         self.start_step = 0
 
     @property
@@ -140,6 +142,7 @@ class PPOTrainer:
                 self.accelerator.backward(pg + s.value_loss_coef * vf)
                 self.accelerator.clip_grad_norm_(self.model.parameters(), s.max_grad_norm)
                 self.optimizer.step()
+                self.skipped_updates += getattr(self.optimizer, "step_was_skipped", False)  # fp16 overflow handled
                 self.optimizer.zero_grad()
                 with torch.no_grad():
                     ent = entropy(logits[:, rollout.query_length - 1 : -1] / s.temperature, mask)
@@ -156,6 +159,7 @@ class PPOTrainer:
             rollout, timings = self.rollout(step)
             started = time.perf_counter()
             stats = self.optimise(rollout, step)
+            check_weights_finite(self.shared, step + 1, self.run.checkpoints)  # before this step is saved
             timings["optimisation_s"] = time.perf_counter() - started
             record = self._record(step, rollout, stats, timings)
             self.history.append(record)
