@@ -6,9 +6,9 @@ inside commands so `posttrain --help` is instant.
     use.py     chat, generate, merge, serve and eval: using what was trained
     support.py what they share (user errors as exit 2, quiet libraries, recipe arguments)
 
-Exit status: 0 success; 2 a user error (bad recipe, data, path, hardware request, an output another command is
-writing, a save that failed for lack of room or permission); 3 stopped on SIGTERM or Ctrl-C with a checkpoint to
-resume from; 1 an unexpected failure.
+Exit status: 0 success; 2 a user error (bad recipe, data, path, hardware request, overflowed weights, an output
+another command is writing, a save that failed for lack of room or permission); 3 stopped on SIGTERM or Ctrl-C
+with a checkpoint to resume from; 1 an unexpected failure.
 """
 
 from __future__ import annotations
