@@ -114,10 +114,14 @@ def test_orpo_adapter_reloads_and_generates(write_recipe, pairs, tmp_path):
     from posttrain.inference.generation import answer
     from posttrain.models.loading import load_run_model
 
-    train(write_recipe, "orpo", {"train": pairs}, train={"max_steps": 2})
+    trainer, _, _ = train(write_recipe, "orpo", {"train": pairs}, train={"max_steps": 2, "learning_rate": 1e-2})
     model, tokenizer = load_run_model(str(tmp_path / "run"))
-    [reply] = answer(model, tokenizer, ["What is 2 plus 2?"], max_new_tokens=6)
-    assert isinstance(reply, str)
+    trained = dict(trainer.model.named_parameters())
+    reloaded = {name: param for name, param in model.named_parameters() if "lora_" in name}
+    assert reloaded and all(torch.equal(param, trained[name]) for name, param in reloaded.items())
+    question = ["What is 2 plus 2?"]
+    reply = answer(model, tokenizer, question, max_new_tokens=6)
+    assert reply == answer(trainer.model, trainer.processing_class, question, max_new_tokens=6)  # the trained model
 
 
 def test_a_reward_run_is_refused_where_an_sft_run_is_expected_and_vice_versa(write_recipe, pairs, tmp_path):

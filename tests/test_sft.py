@@ -73,12 +73,11 @@ def test_adapter_reloads_from_the_run_folder_and_generates(write_recipe, tmp_pat
     assert ref.name == "tiny-llama2" and ref.adapter == (tmp_path / "run" / "adapter").resolve()
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(ref.base), str(ref.adapter))
     trained = dict(trainer.model.named_parameters())
-    for name, param in model.named_parameters():
-        if "lora_" in name:
-            assert torch.equal(param, trained[name.replace(".default", ".default")])
+    reloaded = {name: param for name, param in model.named_parameters() if "lora_" in name}
+    assert reloaded and all(torch.equal(param, trained[name]) for name, param in reloaded.items())
     tokenizer = load_tokenizer(ref, "llama2")
-    [reply] = answer(model, tokenizer, ["Why is the sky blue?"], max_new_tokens=8)
-    assert isinstance(reply, str)
+    question = ["Why is the sky blue?"]
+    assert answer(model, tokenizer, question, max_new_tokens=8) == answer(trainer.model, tokenizer, question, 8)
 
 
 def test_a_run_folder_can_be_the_model_of_the_next_stage(write_recipe, tmp_path):
