@@ -164,9 +164,12 @@ def small_recipe(method: str, base: str, runs: Path, data: str, start: str, step
     # keep_cut_off: a random model's answers never end, and rs would leave every prompt out
     section = {"reward": str(runs / "reward"), "iterations": 1, "samples_per_prompt": 2, "max_new_tokens": 8}
     section["keep_cut_off"] = True
+    section |= {"chain": 2, "rewards": [{"max_words": 10}]}  # gatt chains single prompts; grpo needs a reward
     if "steps" in keys:  # posttrain's own trainers (ppo) count steps in their section, and have no train:
         section |= {"steps": steps, "batch_size": 2, "mini_batch_size": 1}
         del recipe["train"]
+    if method == "grpo":  # a micro-batch holds whole groups of answers
+        recipe["train"] |= {"num_generations": 2, "max_completion_length": 8}
     section = {key: value for key, value in section.items() if key in keys}  # only what the method has
     if section:
         recipe[method] = section
@@ -181,6 +184,10 @@ KNOWN = {
     "orpo": ("pairs", "base"),
     "rs": ("prompts", "sft"),
     "ppo": ("prompts", "sft"),
+    "kto": ("pairs", "sft"),
+    "grpo": ("prompts", "sft"),
+    "gatt": ("prompts", "sft"),
+    "distill": ("prompts", "sft"),
 }
 GUESSES = [(data, start) for data in ("pairs", "sft", "prompts") for start in ("sft", "base")]
 

@@ -34,7 +34,7 @@ class PaddingMeter:
 
     def __call__(self, features):
         batch = self.collate(features)
-        if self.trainer.model.training:
+        if self.trainer.model.training and isinstance(batch, dict):  # GRPO collates prompts, tokenised later
             masks = [value for key, value in batch.items() if key.endswith("attention_mask")]
             if masks:
                 self.real += sum(int(mask.sum()) for mask in masks)
