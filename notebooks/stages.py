@@ -215,6 +215,7 @@ REWARD_RS_PPO = dict(
                     "rs.iterations=2",
                     "rs.samples_per_prompt=2",
                     "rs.max_new_tokens=8",
+                    "rs.keep_cut_off=true",  # a 2-step tiny model's answers never end within 8 tokens
                     "train.max_steps=2",
                     "train.gradient_accumulation_steps=1",
                 ]

@@ -64,10 +64,20 @@ def test_assistant_only_loss_masks_everything_but_answers_and_their_eos(write_re
     assert row["input_ids"].count(tokenizer.bos_token_id) == 2  # one per turn, never doubled
 
 
+TEXTS = [{"text": "Plain words."}, {"text": "Ends already.</s>"}]
+
+
 def test_raw_text_gets_one_bos_and_exactly_one_eos(write_recipe, jsonl):
-    tokenizer, dataset = _train_rows(write_recipe, jsonl, [{"text": "Plain words."}, {"text": "Ends already.</s>"}])
+    tokenizer, dataset = _train_rows(write_recipe, jsonl, TEXTS, text_blocks=False)  # a row per document
     for row in dataset:
         ids = row["input_ids"]
         assert ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1
         assert ids[-1] == tokenizer.eos_token_id and ids.count(tokenizer.eos_token_id) == 1
         assert row["labels"] == ids  # continued pretraining learns every token
+
+
+def test_text_blocks_hold_each_document_with_one_bos_and_one_eos(write_recipe, jsonl):
+    tokenizer, dataset = _train_rows(write_recipe, jsonl, TEXTS)  # the default: documents joined into blocks
+    [block] = dataset["input_ids"]
+    assert block.count(tokenizer.bos_token_id) == 2 and block.count(tokenizer.eos_token_id) == 2
+    assert block[0] == tokenizer.bos_token_id and block[-1] == tokenizer.eos_token_id
