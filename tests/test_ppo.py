@@ -113,7 +113,8 @@ def test_checkpointed_layers_give_the_same_gradients_and_keep_far_less(tmp_path,
 
 
 def test_resume_reproduces_the_uninterrupted_run(tmp_path, runs):
-    path = ppo_recipe(tmp_path, runs, steps=4, save_steps=2)
+    # an adaptive KL coefficient, so the checkpoint must carry its current value too
+    path = ppo_recipe(tmp_path, runs, steps=4, save_steps=2, kl_target=0.01, kl_horizon=4)
     assert CliRunner().invoke(app, ["ppo", str(path)]).exit_code == 0
     run = tmp_path / "ppo"
     whole = json.loads((run / "metrics.json").read_text())["steps"]
@@ -124,8 +125,9 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, runs):
     assert result.exit_code == 0, result.output
     resumed = json.loads((run / "metrics.json").read_text())["steps"]
     assert [r["step"] for r in resumed] == [1, 2, 3, 4]
+    assert len({r["kl_beta"] for r in whole}) > 1
     for a, b in zip(whole, resumed, strict=True):
-        for key in ("score", "kl", "policy_loss", "value_loss", "entropy"):
+        for key in ("score", "kl", "kl_beta", "policy_loss", "value_loss", "entropy"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
     assert len((run / "samples.jsonl").read_text().splitlines()) == 4 * 4
 

@@ -21,7 +21,9 @@ def prepare(recipe: Recipe, echo: Callable[[str], None] = print) -> Stage:
     stage = prepare_rl_stage(recipe, prompt_room=s.max_new_tokens, echo=echo)
     stage.details.append(
         f"ppo         {s.steps} steps x {s.batch_size} prompts, {s.ppo_epochs} epochs of {s.mini_batch_size}, "
-        f"kl_beta {s.kl_beta}, max_new_tokens {s.max_new_tokens}"
+        f"kl_beta {s.kl_beta}"
+        + (f" adapting to a KL of {s.kl_target} (horizon {s.kl_horizon})" if s.kl_target is not None else "")
+        + f", max_new_tokens {s.max_new_tokens}"
     )
     return stage
 

@@ -17,6 +17,7 @@ import torch
 
 from posttrain import stopping
 from posttrain.rl.ppo_math import (
+    adaptive_kl_beta,
     entropy,
     gae,
     kl_shaped_rewards,
@@ -61,6 +62,7 @@ class PPOTrainer:
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.history: list[dict] = []
         self.start_step = 0
+        self.kl_beta = settings.kl_beta  # adapts each step when settings.kl_target is set
 
     @property
     def shared(self):
@@ -100,7 +102,7 @@ class PPOTrainer:
         if s.whiten_rewards and len(scores) > 1:
             shaped = whiten(shaped)
         mask = samples.response_mask.float()
-        rewards, kl = kl_shaped_rewards(shaped, logprobs, ref_logprobs, mask, s.kl_beta)
+        rewards, kl = kl_shaped_rewards(shaped, logprobs, ref_logprobs, mask, self.kl_beta)
         advantages, returns = gae(rewards, values * mask, mask, s.gamma, s.lam)
         advantages = whiten(advantages, mask)
         timings["scoring_s"] = time.perf_counter() - started
@@ -159,10 +161,12 @@ class PPOTrainer:
             timings["optimisation_s"] = time.perf_counter() - started
             record = self._record(step, rollout, stats, timings)
             self.history.append(record)
+            self.adapt_kl_beta(record["kl"])
             if self.accelerator.is_main_process:
                 self.echo(
-                    f"step {step + 1}/{s.steps}: score {record['score']:.3f}, kl {record['kl']:.3f}, "
-                    f"entropy {record['entropy']:.2f}, response {record['response_length']:.1f} tokens"
+                    f"step {step + 1}/{s.steps}: score {record['score']:.3f}, kl {record['kl']:.3f} "
+                    f"(kl_beta {record['kl_beta']:.4f}), entropy {record['entropy']:.2f}, "
+                    f"response {record['response_length']:.1f} tokens"
                 )
                 self._write_samples(step, rollout)
             stop = stopping.requested()  # SIGTERM or a first Ctrl-C: save this step and stop (posttrain/stopping.py)
@@ -172,6 +176,13 @@ class PPOTrainer:
                 stopping.raise_if_requested(step + 1, self.run)
         return self.history
 
+    def adapt_kl_beta(self, kl: float) -> None:
+        """The next step's KL coefficient, from this step's KL (the same on every process: it is reduced)."""
+        s = self.settings
+        if s.kl_target is not None:
+            responses = s.batch_size * self.accelerator.num_processes
+            self.kl_beta = adaptive_kl_beta(self.kl_beta, kl, s.kl_target, responses, s.kl_horizon)
+
     def _record(self, step: int, rollout: Rollout, stats: dict, timings: dict) -> dict:
         local = {
             "score": rollout.scores.float().mean(),
@@ -179,7 +190,8 @@ class PPOTrainer:
             "response_length": rollout.response_mask.sum(dim=1).float().mean(),
         }
         reduced = {k: self.accelerator.reduce(v.to(self.accelerator.device), "mean").item() for k, v in local.items()}
-        return {"step": step + 1, **reduced, **stats, **{k: round(v, 3) for k, v in timings.items()}}
+        timed = {k: round(v, 3) for k, v in timings.items()}
+        return {"step": step + 1, **reduced, "kl_beta": self.kl_beta, **stats, **timed}
 
     def _write_samples(self, step: int, rollout: Rollout) -> None:
         with (self.run.path / "samples.jsonl").open("a", encoding="utf-8") as handle:
@@ -192,8 +204,8 @@ class PPOTrainer:
     # ------------------------------------------------------------ checkpoints
 
     def save_checkpoint(self, step: int) -> None:
-        """Trainable weights (policy and value LoRA, value head), optimiser state, the fp16 loss scale and the
-        metrics so far."""
+        """Trainable weights (policy and value LoRA, value head), optimiser state, the fp16 loss scale, the KL
+        coefficient of the next step and the metrics so far."""
         if not self.accelerator.is_main_process:
             return
         folder = self.run.checkpoints / f"checkpoint-{step}"
@@ -207,6 +219,7 @@ class PPOTrainer:
                 "optimizer": self.optimizer.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None,
                 "step": step,
+                "kl_beta": self.kl_beta,
                 "history": self.history,
             },
             staging / "state.pt",
@@ -223,6 +236,7 @@ class PPOTrainer:
         if self.accelerator.scaler is not None and state.get("scaler") is not None:
             self.accelerator.scaler.load_state_dict(state["scaler"])
         self.history, self.start_step = state["history"], state["step"]
+        self.kl_beta = state.get("kl_beta", self.settings.kl_beta)  # checkpoints before kl_target had a fixed one
         # samples.jsonl keeps only the steps the checkpoint covers, so a resumed run writes each step once
         samples = self.run.path / "samples.jsonl"
         if samples.exists() and self.accelerator.is_main_process:
