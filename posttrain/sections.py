@@ -155,7 +155,7 @@ class PPOSection(SamplingSection):
     ppo_epochs: int = field(default=2, metadata=_help("passes over each rollout batch"))
     learning_rate: float = field(default=5.0e-5, metadata=_help("AdamW learning rate of policy and value LoRA"))
     kl_beta: float = field(
-        default=0.01, metadata=_help("per-token KL penalty to the reference (Llama 2 7B: 0.01); the start with kl_target")
+        default=0.01, metadata=_help("per-token KL penalty to the reference (Llama 2 7B: 0.01); kl_target: its start")
     )
     kl_target: float | None = field(
         default=None,
