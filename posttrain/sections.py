@@ -172,6 +172,10 @@ class PPOSection(SamplingSection):
     clip_range: float = field(default=0.2, metadata=_help("policy ratio clip"))
     value_clip_range: float = field(default=0.2, metadata=_help("value change clip"))
     value_loss_coef: float = field(default=0.1, metadata=_help("weight of the value loss"))
+    value_warmup_steps: int = field(
+        default=0,
+        metadata=_help("first steps that fit only the value network (it starts on the reward run's scale)"),
+    )
     whiten_rewards: bool = field(default=True, metadata=_help("whiten the scores per batch (Llama 2)"))
     max_grad_norm: float = field(default=1.0, metadata=_help("gradient clipping"))
     activation_checkpointing: bool = field(
@@ -190,6 +194,11 @@ class PPOSection(SamplingSection):
                 )
         if self.kl_target is not None and self.kl_target <= 0:
             raise UserError(f"ppo.kl_target must be above 0 nats (null: a fixed kl_beta), got {self.kl_target}.")
+        if not 0 <= self.value_warmup_steps < self.steps:
+            raise UserError(
+                f"ppo.value_warmup_steps must be at least 0 and below ppo.steps ({self.steps}), got "
+                f"{self.value_warmup_steps}: the policy must be updated at least once."
+            )
         if self.kl_horizon < 1:
             raise UserError(f"ppo.kl_horizon must be at least 1 response, got {self.kl_horizon}.")
         if self.mini_batch_size > self.batch_size or self.batch_size % self.mini_batch_size:

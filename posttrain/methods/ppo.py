@@ -67,7 +67,7 @@ def train(stage: Stage, *, resume: bool, echo: Callable[[str], None] = print) ->
 
 
 def average(records: list[dict]) -> dict:
-    keys = [k for k in records[0] if k != "step"]
+    keys = [k for k, v in records[0].items() if k != "step" and not isinstance(v, bool)]
     return {k: sum(r[k] for r in records) / len(records) for k in keys}
 
 

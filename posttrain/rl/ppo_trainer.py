@@ -26,6 +26,7 @@ from posttrain.rl.ppo_math import (
     whiten,
 )
 from posttrain.rl.sampling import reward_scores, sample
+from posttrain.rl.shared_model import POLICY
 
 
 @dataclass
@@ -58,6 +59,7 @@ class PPOTrainer:
         self.settings, self.run, self.tokenizer, self.prompts, self.echo = settings, run, tokenizer, prompts, echo
         self.roles = ["helpfulness", "safety"] if isinstance(settings.reward, dict) else ["reward"]
         trainable = [p for p in model.parameters() if p.requires_grad]
+        self.policy_params = [p for n, p in model.named_parameters() if p.requires_grad and f".{POLICY}." in n]
         optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.history: list[dict] = []
@@ -124,7 +126,9 @@ class PPOTrainer:
     # ------------------------------------------------------------ optimisation
 
     def optimise(self, rollout: Rollout, step: int) -> dict:
+        """Epochs of clipped policy and value updates; during the value warm-up the value network alone."""
         s = self.settings
+        warming_up = step < s.value_warmup_steps
         stats = {"policy_loss": [], "value_loss": [], "clip_fraction": [], "entropy": []}
         generator = torch.Generator().manual_seed(s.seed * 7_919 + step)
         size = rollout.response_mask.shape[0]
@@ -139,7 +143,12 @@ class PPOTrainer:
                     logprobs, rollout.logprobs[chunk], rollout.advantages[chunk], mask, s.clip_range
                 )
                 vf = value_loss(values, rollout.values[chunk], rollout.returns[chunk], mask, s.value_clip_range)
-                self.accelerator.backward(pg + s.value_loss_coef * vf)
+                # The warm-up keeps pg in the graph at weight 0, so that every process still reduces a gradient
+                # for every parameter (DDP), then drops the policy's: AdamW leaves a parameter with no gradient be.
+                self.accelerator.backward((0.0 if warming_up else 1.0) * pg + s.value_loss_coef * vf)
+                if warming_up:
+                    for param in self.policy_params:
+                        param.grad = None
                 self.accelerator.clip_grad_norm_(self.model.parameters(), s.max_grad_norm)
                 self.optimizer.step()
                 self.optimizer.zero_grad()
@@ -161,12 +170,14 @@ class PPOTrainer:
             timings["optimisation_s"] = time.perf_counter() - started
             record = self._record(step, rollout, stats, timings)
             self.history.append(record)
-            self.adapt_kl_beta(record["kl"])
+            if record["policy_updated"]:  # the policy has not moved during the value warm-up: nothing to control
+                self.adapt_kl_beta(record["kl"])
             if self.accelerator.is_main_process:
                 self.echo(
                     f"step {step + 1}/{s.steps}: score {record['score']:.3f}, kl {record['kl']:.3f} "
                     f"(kl_beta {record['kl_beta']:.4f}), entropy {record['entropy']:.2f}, "
                     f"response {record['response_length']:.1f} tokens"
+                    + ("" if record["policy_updated"] else " (value warm-up: policy not updated)")
                 )
                 self._write_samples(step, rollout)
             stop = stopping.requested()  # SIGTERM or a first Ctrl-C: save this step and stop (posttrain/stopping.py)
@@ -191,7 +202,8 @@ class PPOTrainer:
         }
         reduced = {k: self.accelerator.reduce(v.to(self.accelerator.device), "mean").item() for k, v in local.items()}
         timed = {k: round(v, 3) for k, v in timings.items()}
-        return {"step": step + 1, **reduced, "kl_beta": self.kl_beta, **stats, **timed}
+        phase = {"policy_updated": step >= self.settings.value_warmup_steps}
+        return {"step": step + 1, **reduced, "kl_beta": self.kl_beta, **phase, **stats, **timed}
 
     def _write_samples(self, step: int, rollout: Rollout) -> None:
         with (self.run.path / "samples.jsonl").open("a", encoding="utf-8") as handle:
