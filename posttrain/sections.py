@@ -129,6 +129,13 @@ class SamplingSection:
         default=1.0, metadata=_help("subtracted from the score of a response with no EOS, however it was scored")
     )
     seed: int = field(default=42, metadata=_help("seed of sampling and prompt order"))
+    eval_prompts: str | None = field(
+        default="builtin:pirate_heldout",
+        metadata=_help(
+            "prompts the run does not train on, for the held-out check at the end (win-rate over the start, "
+            "perplexity, length, cut-off share); null: skip it"
+        ),
+    )
 
     def __post_init__(self) -> None:
         section = self.SECTION

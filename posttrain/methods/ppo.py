@@ -13,7 +13,7 @@ from collections.abc import Callable
 from posttrain.methods.common import Stage, seed_everything
 from posttrain.precision import keep_trainable_fp32
 from posttrain.recipe import Recipe
-from posttrain.rl.setup import load_base_and_lora, prepare_rl_stage
+from posttrain.rl.setup import heldout_check, load_base_and_lora, prepare_rl_stage
 
 
 def prepare(recipe: Recipe, echo: Callable[[str], None] = print) -> Stage:
@@ -61,6 +61,10 @@ def train(stage: Stage, *, resume: bool, echo: Callable[[str], None] = print) ->
     metrics = {"steps": history, "final": average(history[-3:]), "first": average(history[:3])}
     if accelerator.is_main_process:
         save_policy(trainer.shared, stage)
+    del trainer, shared  # the held-out check loads its models one at a time, on memory this run no longer needs
+    accelerator.free_memory()
+    if accelerator.is_main_process:
+        metrics["heldout"] = heldout_check(stage, history[-1]["kl"], echo)
         stage.run.write_metrics(metrics)
     accelerator.wait_for_everyone()
     return metrics
