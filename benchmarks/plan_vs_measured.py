@@ -94,6 +94,8 @@ def settings_of(method: str, base: Path, work: Path, rows: Path) -> list[str]:
         settings += [f"rs.reward={work / 'reward'}", "rs.iterations=1", "rs.keep_cut_off=true"]
     if method == "ppo":
         settings += [f"ppo.reward={work / 'reward'}", "ppo.steps=2"]
+    if method in ("rs", "ppo"):
+        settings.append(f"{method}.eval_prompts=null")  # the held-out check after training would add its own peak
     return settings
 
 
