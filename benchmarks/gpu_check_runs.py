@@ -165,6 +165,7 @@ def small_recipe(method: str, base: str, runs: Path, data: str, start: str, step
     section = {"reward": str(runs / "reward"), "iterations": 1, "samples_per_prompt": 2, "max_new_tokens": 8}
     section["keep_cut_off"] = True
     section |= {"chain": 2, "rewards": [{"max_words": 10}]}  # gatt chains single prompts; grpo needs a reward
+    section["eval_prompts"] = None  # the held-out check of ppo and rs judges answers; random weights give none
     if "steps" in keys:  # posttrain's own trainers (ppo) count steps in their section, and have no train:
         section |= {"steps": steps, "batch_size": 2, "mini_batch_size": 1}
         del recipe["train"]

@@ -99,6 +99,8 @@ def settings_of(method: str, base: Path, work: Path, rows: Path) -> list[str]:
         settings += [f"ppo.reward={work / 'reward'}", "ppo.steps=2"]
     if method == "grpo":  # every answer runs to max_completion_length: the generation phase's peak
         settings += [f"grpo.rewards=[{{run: {work / 'reward'}}}]", "train.generation_kwargs={min_new_tokens: 256}"]
+    if method in ("rs", "ppo"):
+        settings.append(f"{method}.eval_prompts=null")  # the held-out check after training would add its own peak
     return settings
 
 

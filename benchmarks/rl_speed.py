@@ -58,6 +58,7 @@ def main() -> None:
         run = posttrain(
             "ppo", "smollm2-135m/ppo", *chain, "--set", f"ppo.reward={reward}",
             "--set", f"ppo.steps={args.ppo_steps}", "--set", f"ppo.activation_checkpointing={checkpointing}",
+            "--set", "ppo.eval_prompts=null",  # timing the steps, not the held-out check
             "--output-dir", str(folder),
         )  # fmt: skip
         steps = json.loads((folder / "metrics.json").read_text())["steps"][1:]
@@ -72,7 +73,7 @@ def main() -> None:
     prompts.write_text("".join(json.dumps(row.data) + "\n" for row in rows), encoding="utf-8")
     rs = posttrain(
         "rs", "smollm2-135m/rs", *chain, "--set", f"rs.reward={reward}", "--set", "rs.iterations=1",
-        "--set", f"data.train={prompts}", "--output-dir", str(work / "rs"),
+        "--set", f"data.train={prompts}", "--set", "rs.eval_prompts=null", "--output-dir", str(work / "rs"),
     )  # fmt: skip
     round_one = json.loads((work / "rs" / "metrics.json").read_text())["rounds"][0]
     rs |= {"prompts": len(rows), "sampling_s": round_one["sampling_s"], "fine_tuning_s": round_one["fine_tuning_s"]}

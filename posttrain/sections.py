@@ -178,6 +178,13 @@ class SamplingSection:
         default=1.0, metadata=_help("subtracted from the score of a response with no EOS, however it was scored")
     )
     seed: int = field(default=42, metadata=_help("seed of sampling and prompt order"))
+    eval_prompts: str | None = field(
+        default="builtin:pirate_heldout",
+        metadata=_help(
+            "prompts the run does not train on, for the held-out check at the end (win-rate over the start, "
+            "perplexity, length, cut-off share); null: skip it"
+        ),
+    )
 
     def __post_init__(self) -> None:
         section = self.SECTION
@@ -206,12 +213,28 @@ class PPOSection(SamplingSection):
     mini_batch_size: int = field(default=4, metadata=_help("sequences per optimiser step"))
     ppo_epochs: int = field(default=2, metadata=_help("passes over each rollout batch"))
     learning_rate: float = field(default=5.0e-5, metadata=_help("AdamW learning rate of policy and value LoRA"))
-    kl_beta: float = field(default=0.01, metadata=_help("per-token KL penalty to the reference (Llama 2 7B: 0.01)"))
+    kl_beta: float = field(
+        default=0.01, metadata=_help("per-token KL penalty to the reference (Llama 2 7B: 0.01); kl_target: its start")
+    )
+    kl_target: float | None = field(
+        default=None,
+        metadata=_help(
+            "KL per response (nats) to hold: kl_beta then adapts each step (Ziegler et al. 2019); null: fixed kl_beta"
+        ),
+    )
+    kl_horizon: int = field(
+        default=10000,
+        metadata=_help("with kl_target: a step moves kl_beta by at most 20% x (responses in the step) / kl_horizon"),
+    )
     gamma: float = field(default=1.0, metadata=_help("discount"))
     lam: float = field(default=0.95, metadata=_help("GAE lambda"))
     clip_range: float = field(default=0.2, metadata=_help("policy ratio clip"))
     value_clip_range: float = field(default=0.2, metadata=_help("value change clip"))
     value_loss_coef: float = field(default=0.1, metadata=_help("weight of the value loss"))
+    value_warmup_steps: int = field(
+        default=0,
+        metadata=_help("first steps that fit only the value network (it starts on the reward run's scale)"),
+    )
     whiten_rewards: bool = field(default=True, metadata=_help("whiten the scores per batch (Llama 2)"))
     max_grad_norm: float = field(default=1.0, metadata=_help("gradient clipping"))
     activation_checkpointing: bool = field(
@@ -228,6 +251,15 @@ class PPOSection(SamplingSection):
                     "distribution it samples from, and top-k/top-p truncate that distribution in a way the "
                     "policy's log-probabilities do not show. Shape sampling with ppo.temperature alone."
                 )
+        if self.kl_target is not None and self.kl_target <= 0:
+            raise UserError(f"ppo.kl_target must be above 0 nats (null: a fixed kl_beta), got {self.kl_target}.")
+        if not 0 <= self.value_warmup_steps < self.steps:
+            raise UserError(
+                f"ppo.value_warmup_steps must be at least 0 and below ppo.steps ({self.steps}), got "
+                f"{self.value_warmup_steps}: the policy must be updated at least once."
+            )
+        if self.kl_horizon < 1:
+            raise UserError(f"ppo.kl_horizon must be at least 1 response, got {self.kl_horizon}.")
         if self.mini_batch_size > self.batch_size or self.batch_size % self.mini_batch_size:
             raise UserError(
                 f"ppo.batch_size ({self.batch_size}) must be a multiple of ppo.mini_batch_size "

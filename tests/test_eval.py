@@ -10,6 +10,7 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from posttrain.cli import app
+from posttrain.evaluation.accuracy import length_bias
 from posttrain.evaluation.winrate import bootstrap_interval, winner
 
 
@@ -51,6 +52,34 @@ def test_accuracy_of_a_perfect_and_of_a_reversed_reward_model(reward_run, revers
     assert (perfect["accuracy"], perfect["pairs"]) == (1.0, 8)
     assert (reversed_["accuracy"], reversed_["pairs"]) == (0.0, 8)
     assert perfect["mean_score_chosen"] > perfect["mean_score_rejected"]
+
+
+def test_length_bias_of_a_model_that_scores_length():
+    # pairs (chosen, rejected) in tokens; the data picks the longer answer in 1 of 3, the model scores length itself
+    chosen, rejected = [10, 4, 6], [5, 8, 9]
+    bias = length_bias(chosen, rejected, [float(n) for n in chosen], [float(n) for n in rejected])
+    assert bias["score_length_correlation"] == pytest.approx(1.0)
+    assert bias["longer_preferred_by_data"] == pytest.approx(1 / 3)
+    assert bias["longer_preferred_by_model"] == 1.0
+    assert bias["mean_length_difference"] == pytest.approx((5 - 4 - 3) / 3)
+
+
+def test_length_bias_leaves_out_pairs_of_equal_length_and_a_constant_score():
+    bias = length_bias([3, 7], [3, 2], [1.0, 1.0], [1.0, 1.0])
+    assert bias["pairs_of_unequal_length"] == 1 and bias["longer_preferred_by_data"] == 1.0
+    assert bias["score_length_correlation"] is None  # undefined when every score is the same
+
+
+def test_the_accuracy_report_measures_the_length_bias(reward_run, reward_pairs, in_tmp):
+    bias = report_of(evaluate("accuracy", reward_run, "--data", reward_pairs))["length_bias"]
+    assert set(bias) == {
+        "score_length_correlation",
+        "mean_length_difference",
+        "pairs_of_unequal_length",
+        "longer_preferred_by_data",
+        "longer_preferred_by_model",
+    }
+    assert bias["pairs_of_unequal_length"] > 0 and -1 <= bias["score_length_correlation"] <= 1
 
 
 def test_the_terminal_shows_a_table_and_where_the_report_is(reward_run, reward_pairs, in_tmp):

@@ -91,6 +91,28 @@ def forward_keeping(shared, batch: dict) -> tuple[tuple, int]:
         return shared(**batch), sum(saved)
 
 
+def test_value_warmup_updates_the_value_network_and_leaves_the_policy_alone(tmp_path, runs):
+    recipe = load_recipe(str(ppo_recipe(tmp_path, runs, learning_rate=1e-2, value_warmup_steps=1)))
+    stage = ppo.prepare(recipe)
+    start_run(stage, resume=False, overwrite=False)
+    shared = ppo.build_shared_model(stage)
+    from accelerate import Accelerator
+
+    trainer = PPOTrainer(
+        shared, stage.tokenizer, stage.data.prompts, recipe.ppo, stage.run, Accelerator(cpu=True), lambda _: 0
+    )
+    before = {n: p.detach().clone() for n, p in shared.named_parameters() if p.requires_grad}
+    rollout, _ = trainer.rollout(0)
+    trainer.optimise(rollout, 0)  # step 0 of 1 warm-up step
+    after = dict(shared.named_parameters())
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert changed and all(".value." in n or n.startswith("value_head.") for n in changed)
+    assert "value_head.weight" in changed
+    rollout, _ = trainer.rollout(1)
+    trainer.optimise(rollout, 1)  # after the warm-up the policy trains too
+    assert any(".policy." in n and not torch.equal(before[n], after[n]) for n in before)
+
+
 @pytest.mark.parametrize("quantization", ["none", "nf4"])
 def test_checkpointed_layers_give_the_same_gradients_and_keep_far_less(tmp_path, runs, quantization):
     """Each decoder layer is recomputed in the backward pass under the adapter it ran with, although the policy
@@ -113,7 +135,8 @@ def test_checkpointed_layers_give_the_same_gradients_and_keep_far_less(tmp_path,
 
 
 def test_resume_reproduces_the_uninterrupted_run(tmp_path, runs):
-    path = ppo_recipe(tmp_path, runs, steps=4, save_steps=2)
+    # an adaptive KL coefficient, so the checkpoint must carry its current value too
+    path = ppo_recipe(tmp_path, runs, steps=4, save_steps=2, kl_target=0.01, kl_horizon=4)
     assert CliRunner().invoke(app, ["ppo", str(path)]).exit_code == 0
     run = tmp_path / "ppo"
     whole = json.loads((run / "metrics.json").read_text())["steps"]
@@ -124,8 +147,9 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, runs):
     assert result.exit_code == 0, result.output
     resumed = json.loads((run / "metrics.json").read_text())["steps"]
     assert [r["step"] for r in resumed] == [1, 2, 3, 4]
+    assert len({r["kl_beta"] for r in whole}) > 1
     for a, b in zip(whole, resumed, strict=True):
-        for key in ("score", "kl", "policy_loss", "value_loss", "entropy"):
+        for key in ("score", "kl", "kl_beta", "policy_loss", "value_loss", "entropy"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
     assert len((run / "samples.jsonl").read_text().splitlines()) == 4 * 4
 

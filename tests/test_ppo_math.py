@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from posttrain.rl.ppo_math import (
+    adaptive_kl_beta,
     combine_llama2_rewards,
     gae,
     kl_shaped_rewards,
@@ -79,3 +80,16 @@ def test_llama2_rule_picks_safety_when_tagged_or_unsafe_else_helpfulness():
     safety = torch.tensor([3.0, -3.0, 3.0])  # sigmoid: 0.95 (safe), 0.047 (< 0.15: unsafe), 0.95
     tagged = torch.tensor([False, False, True])
     torch.testing.assert_close(combine_llama2_rewards(helpful, safety, tagged), torch.tensor([1.0, -3.0, 3.0]))
+
+
+def test_adaptive_kl_beta_rises_above_the_target_falls_below_and_moves_a_bounded_amount_per_step():
+    beta, factors = 0.1, []
+    for kl in (12.0, 12.0, 7.0, 6.0, 3.0, 0.0):  # target 6: far above, a little above, on it, below
+        new = adaptive_kl_beta(beta, kl, target=6.0, n_steps=8, horizon=16)
+        factors.append(new / beta)
+        beta = new
+    bound = 0.2 * 8 / 16  # the error is clipped to +-20%, scaled by the step's share of the horizon
+    assert factors[0] == pytest.approx(1 + bound) and factors[1] == pytest.approx(1 + bound)
+    assert factors[2] == pytest.approx(1 + (1 / 6) * 8 / 16)  # proportional inside the clip
+    assert factors[3] == pytest.approx(1.0)
+    assert factors[4] == pytest.approx(1 - bound) and factors[5] == pytest.approx(1 - bound)

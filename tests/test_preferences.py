@@ -102,7 +102,7 @@ def test_identical_pairs_are_dropped_with_a_count_or_refused(tiny_model, jsonl):
 
 
 def test_shipped_preference_sets_parse():
-    for name, rows in (("pirate_prefs", 120), ("pirate_prefs_strength", 60)):
+    for name, rows in (("pirate_prefs", 156), ("pirate_prefs_strength", 60)):
         _, examples = normalise_preferences(read_rows(f"builtin:{name}"), margins=STRENGTH_MARGINS["small"])
         assert len(examples) == rows
     assert {e["strength"] for e in examples} == set(STRENGTH_MARGINS["small"])
@@ -153,3 +153,11 @@ def test_pairs_with_long_prompts_keep_their_answers_and_the_end_of_their_prompt(
 
     with pytest.raises(UserError, match="every train row is longer than data.max_length=200"):  # the old way
         prepare_data(DataSection(train=path, max_length=200, cut_long_prompts=False), tokenizer, preference=True)
+
+
+def test_shipped_training_pairs_do_not_favour_the_longer_answer_on_average():
+    # 36 pairs whose longer answer is the worse one balance the 120 where it is the better (issue #19)
+    _, examples = normalise_preferences(read_rows("builtin:pirate_prefs"))
+    words = [len(e["chosen"][-1]["content"].split()) - len(e["rejected"][-1]["content"].split()) for e in examples]
+    assert abs(sum(words) / len(words)) < 1.0
+    assert sum(w < 0 for w in words) >= 36

@@ -12,7 +12,7 @@ import statistics
 from collections.abc import Callable
 
 from posttrain.errors import UserError
-from posttrain.inference.generation import GenerationSettings
+from posttrain.inference.generation import GenerationSettings, Reply
 
 OUTCOME_VALUE = {"a": 1.0, "tie": 0.5, "b": 0.0}
 
@@ -47,7 +47,10 @@ def win_rate(
     prompts = [row["prompt"] for row in rows]
     replies = [
         # B samples with the next seed, so a model set against itself gives two independent replies
-        generate_replies(name, prompts, settings, seed + offset, chat_template, batch_size, echo)
+        [
+            reply.text
+            for reply in generate_replies(name, prompts, settings, seed + offset, chat_template, batch_size, echo)
+        ]
         for offset, name in enumerate((model_a, model_b))
     ]
     echo(f"judging {len(prompts)} pairs with {judge}")
@@ -108,23 +111,24 @@ def check_same_tokenizer(judge_tokenizer, judge: str, tokenizer, model: str) -> 
         )
 
 
-def generate_replies(name, prompts, settings, seed, chat_template, batch_size, echo) -> list[str]:
-    """Greedy or sampled replies of one model, which is released again before the next one loads."""
+def generate_replies(name, prompts, settings, seed, chat_template, batch_size, echo) -> list[Reply]:
+    """Greedy or sampled replies of one model (text, tokens, whether it ended), which is released again before the
+    next one loads."""
     import gc
 
     import torch
     from transformers import set_seed
 
-    from posttrain.inference.generation import answer_chats, progress_bar
+    from posttrain.inference.generation import generate_replies_to_chats, progress_bar
     from posttrain.models.loading import load_run_model
 
     echo(f"generating {len(prompts)} replies with {name}")
     model, tokenizer = load_run_model(name, chat_template=chat_template)
     set_seed(seed)
-    replies: list[str] = []
+    replies: list[Reply] = []
     with progress_bar(len(prompts)) as bar:
         for start in range(0, len(prompts), batch_size):
-            replies += answer_chats(model, tokenizer, prompts[start : start + batch_size], settings)
+            replies += generate_replies_to_chats(model, tokenizer, prompts[start : start + batch_size], settings)
             bar.update(min(batch_size, len(prompts) - start))
     del model
     gc.collect()

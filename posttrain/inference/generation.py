@@ -69,8 +69,15 @@ def encode_chats(tokenizer, chats: list[list[dict]]):
         tokenizer.padding_side = side
 
 
-def answer_chats(model, tokenizer, chats: list[list[dict]], settings: GenerationSettings) -> list[str]:
-    """One reply per chat, generated as one batch and decoded without special tokens."""
+@dataclass(frozen=True)
+class Reply:
+    text: str  # decoded without special tokens, stripped
+    tokens: int  # generated tokens, up to and including the EOS
+    finished: bool  # ended with EOS, not cut off at max_new_tokens
+
+
+def generate_replies_to_chats(model, tokenizer, chats: list[list[dict]], settings: GenerationSettings) -> list[Reply]:
+    """One reply per chat, generated as one batch, with its length and whether it ended before max_new_tokens."""
     import torch
 
     batch = encode_chats(tokenizer, chats).to(model.device)
@@ -82,7 +89,19 @@ def answer_chats(model, tokenizer, chats: list[list[dict]], settings: Generation
     finally:
         model.train(was_training)
     new_tokens = output[:, batch["input_ids"].shape[1] :]
-    return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    is_eos = new_tokens == tokenizer.eos_token_id
+    finished = is_eos.any(dim=1)
+    lengths = torch.where(finished, is_eos.int().argmax(dim=1) + 1, new_tokens.shape[1])
+    texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    return [
+        Reply(text.strip(), length, done)
+        for text, length, done in zip(texts, lengths.tolist(), finished.tolist(), strict=True)
+    ]
+
+
+def answer_chats(model, tokenizer, chats: list[list[dict]], settings: GenerationSettings) -> list[str]:
+    """One reply per chat, generated as one batch and decoded without special tokens."""
+    return [reply.text for reply in generate_replies_to_chats(model, tokenizer, chats, settings)]
 
 
 def answer(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, system: str | None = None) -> list[str]:

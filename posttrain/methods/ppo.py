@@ -13,7 +13,7 @@ from collections.abc import Callable
 from posttrain.methods.common import Stage, seed_everything
 from posttrain.precision import keep_trainable_fp32
 from posttrain.recipe import Recipe
-from posttrain.rl.setup import load_base_and_lora, prepare_rl_stage
+from posttrain.rl.setup import heldout_check, load_base_and_lora, prepare_rl_stage
 
 
 def prepare(recipe: Recipe, echo: Callable[[str], None] = print) -> Stage:
@@ -21,7 +21,9 @@ def prepare(recipe: Recipe, echo: Callable[[str], None] = print) -> Stage:
     stage = prepare_rl_stage(recipe, prompt_room=s.max_new_tokens, echo=echo)
     stage.details.append(
         f"ppo         {s.steps} steps x {s.batch_size} prompts, {s.ppo_epochs} epochs of {s.mini_batch_size}, "
-        f"kl_beta {s.kl_beta}, max_new_tokens {s.max_new_tokens}"
+        f"kl_beta {s.kl_beta}"
+        + (f" adapting to a KL of {s.kl_target} (horizon {s.kl_horizon})" if s.kl_target is not None else "")
+        + f", max_new_tokens {s.max_new_tokens}"
     )
     return stage
 
@@ -60,13 +62,17 @@ def train(stage: Stage, *, resume: bool, echo: Callable[[str], None] = print) ->
     metrics["fp16_skipped_updates"] = trainer.skipped_updates  # overflows the loss scaler handled by skipping
     if accelerator.is_main_process:
         save_policy(trainer.shared, stage)
+    del trainer, shared  # the held-out check loads its models one at a time, on memory this run no longer needs
+    accelerator.free_memory()
+    if accelerator.is_main_process:
+        metrics["heldout"] = heldout_check(stage, history[-1]["kl"], echo)
         stage.run.write_metrics(metrics)
     accelerator.wait_for_everyone()
     return metrics
 
 
 def average(records: list[dict]) -> dict:
-    keys = [k for k in records[0] if k != "step"]
+    keys = [k for k, v in records[0].items() if k != "step" and not isinstance(v, bool)]
     return {k: sum(r[k] for r in records) / len(records) for k in keys}
 
 

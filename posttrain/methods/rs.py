@@ -24,7 +24,7 @@ from posttrain.methods import sft
 from posttrain.methods.common import Stage, processes
 from posttrain.methods.trl_backed import train_and_finish
 from posttrain.recipe import Recipe
-from posttrain.rl.setup import load_base_and_lora, prepare_rl_stage
+from posttrain.rl.setup import heldout_check, load_base_and_lora, prepare_rl_stage
 from posttrain.runs import RunFolder
 
 # Round folders are this method's checkpoints: --resume continues the latest one.
@@ -168,6 +168,7 @@ def train(stage: Stage, *, resume: bool, echo: Callable[[str], None] = print) ->
         shutil.rmtree(run_folder.adapter, ignore_errors=True)
         staging.rename(run_folder.adapter)
         stage.tokenizer.save_pretrained(run_folder.path)
+        metrics["heldout"] = heldout_check(stage, None, echo)
         run_folder.write_metrics(metrics | {"final": metrics["rounds"][-1]})
     return metrics
 

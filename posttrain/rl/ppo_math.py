@@ -33,6 +33,14 @@ def kl_shaped_rewards(scores, logprobs, ref_logprobs, mask, beta: float) -> tupl
     return rewards, kl
 
 
+def adaptive_kl_beta(beta: float, kl: float, target: float, n_steps: int, horizon: int) -> float:
+    """The KL coefficient for the next step, by the proportional controller of Ziegler et al. (2019), used in
+    InstructGPT: beta grows while the measured KL (per response, summed over its tokens) is above `target` and
+    shrinks while below, by at most 20% of n_steps / horizon per update (n_steps: responses in this step)."""
+    error = min(max((kl - target) / target, -0.2), 0.2)
+    return beta * (1 + error * n_steps / horizon)
+
+
 def gae(rewards, values, mask, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation over each response; returns (advantages, returns)."""
     advantages = torch.zeros_like(rewards)

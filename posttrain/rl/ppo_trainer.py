@@ -17,6 +17,7 @@ import torch
 
 from posttrain.precision import check_weights_finite
 from posttrain.rl.ppo_math import (
+    adaptive_kl_beta,
     entropy,
     gae,
     kl_shaped_rewards,
@@ -25,6 +26,7 @@ from posttrain.rl.ppo_math import (
     whiten,
 )
 from posttrain.rl.sampling import reward_scores, sample
+from posttrain.rl.shared_model import POLICY
 from posttrain.runs import stopping
 
 
@@ -58,11 +60,13 @@ class PPOTrainer:
         self.settings, self.run, self.tokenizer, self.prompts, self.echo = settings, run, tokenizer, prompts, echo
         self.roles = ["helpfulness", "safety"] if isinstance(settings.reward, dict) else ["reward"]
         trainable = [p for p in model.parameters() if p.requires_grad]
+        self.policy_params = [p for n, p in model.named_parameters() if p.requires_grad and f".{POLICY}." in n]
         optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.history: list[dict] = []
         self.skipped_updates = 0
         self.start_step = 0
+        self.kl_beta = settings.kl_beta  # adapts each step when settings.kl_target is set
 
     @property
     def shared(self):
@@ -102,7 +106,7 @@ class PPOTrainer:
         if s.whiten_rewards and len(scores) > 1:
             shaped = whiten(shaped)
         mask = samples.response_mask.float()
-        rewards, kl = kl_shaped_rewards(shaped, logprobs, ref_logprobs, mask, s.kl_beta)
+        rewards, kl = kl_shaped_rewards(shaped, logprobs, ref_logprobs, mask, self.kl_beta)
         advantages, returns = gae(rewards, values * mask, mask, s.gamma, s.lam)
         advantages = whiten(advantages, mask)
         timings["scoring_s"] = time.perf_counter() - started
@@ -124,7 +128,9 @@ class PPOTrainer:
     # ------------------------------------------------------------ optimisation
 
     def optimise(self, rollout: Rollout, step: int) -> dict:
+        """Epochs of clipped policy and value updates; during the value warm-up the value network alone."""
         s = self.settings
+        warming_up = step < s.value_warmup_steps
         stats = {"policy_loss": [], "value_loss": [], "clip_fraction": [], "entropy": []}
         generator = torch.Generator().manual_seed(s.seed * 7_919 + step)
         size = rollout.response_mask.shape[0]
@@ -139,7 +145,12 @@ class PPOTrainer:
                     logprobs, rollout.logprobs[chunk], rollout.advantages[chunk], mask, s.clip_range
                 )
                 vf = value_loss(values, rollout.values[chunk], rollout.returns[chunk], mask, s.value_clip_range)
-                self.accelerator.backward(pg + s.value_loss_coef * vf)
+                # The warm-up keeps pg in the graph at weight 0, so that every process still reduces a gradient
+                # for every parameter (DDP), then drops the policy's: AdamW leaves a parameter with no gradient be.
+                self.accelerator.backward((0.0 if warming_up else 1.0) * pg + s.value_loss_coef * vf)
+                if warming_up:
+                    for param in self.policy_params:
+                        param.grad = None
                 self.accelerator.clip_grad_norm_(self.model.parameters(), s.max_grad_norm)
                 self.optimizer.step()
                 self.skipped_updates += getattr(self.optimizer, "step_was_skipped", False)  # fp16 overflow handled
@@ -163,10 +174,14 @@ class PPOTrainer:
             timings["optimisation_s"] = time.perf_counter() - started
             record = self._record(step, rollout, stats, timings)
             self.history.append(record)
+            if record["policy_updated"]:  # the policy has not moved during the value warm-up: nothing to control
+                self.adapt_kl_beta(record["kl"])
             if self.accelerator.is_main_process:
                 self.echo(
-                    f"step {step + 1}/{s.steps}: score {record['score']:.3f}, kl {record['kl']:.3f}, "
-                    f"entropy {record['entropy']:.2f}, response {record['response_length']:.1f} tokens"
+                    f"step {step + 1}/{s.steps}: score {record['score']:.3f}, kl {record['kl']:.3f} "
+                    f"(kl_beta {record['kl_beta']:.4f}), entropy {record['entropy']:.2f}, "
+                    f"response {record['response_length']:.1f} tokens"
+                    + ("" if record["policy_updated"] else " (value warm-up: policy not updated)")
                 )
                 self._write_samples(step, rollout)
             stop = (
@@ -178,6 +193,13 @@ class PPOTrainer:
                 stopping.raise_if_requested(step + 1, self.run)
         return self.history
 
+    def adapt_kl_beta(self, kl: float) -> None:
+        """The next step's KL coefficient, from this step's KL (the same on every process: it is reduced)."""
+        s = self.settings
+        if s.kl_target is not None:
+            responses = s.batch_size * self.accelerator.num_processes
+            self.kl_beta = adaptive_kl_beta(self.kl_beta, kl, s.kl_target, responses, s.kl_horizon)
+
     def _record(self, step: int, rollout: Rollout, stats: dict, timings: dict) -> dict:
         local = {
             "score": rollout.scores.float().mean(),
@@ -185,7 +207,9 @@ class PPOTrainer:
             "response_length": rollout.response_mask.sum(dim=1).float().mean(),
         }
         reduced = {k: self.accelerator.reduce(v.to(self.accelerator.device), "mean").item() for k, v in local.items()}
-        return {"step": step + 1, **reduced, **stats, **{k: round(v, 3) for k, v in timings.items()}}
+        timed = {k: round(v, 3) for k, v in timings.items()}
+        phase = {"policy_updated": step >= self.settings.value_warmup_steps}
+        return {"step": step + 1, **reduced, "kl_beta": self.kl_beta, **phase, **stats, **timed}
 
     def _write_samples(self, step: int, rollout: Rollout) -> None:
         with (self.run.path / "samples.jsonl").open("a", encoding="utf-8") as handle:
@@ -198,8 +222,8 @@ class PPOTrainer:
     # ------------------------------------------------------------ checkpoints
 
     def save_checkpoint(self, step: int) -> None:
-        """Trainable weights (policy and value LoRA, value head), optimiser state, the fp16 loss scale and the
-        metrics so far."""
+        """Trainable weights (policy and value LoRA, value head), optimiser state, the fp16 loss scale, the KL
+        coefficient of the next step and the metrics so far."""
         if not self.accelerator.is_main_process:
             return
         folder = self.run.checkpoints / f"checkpoint-{step}"
@@ -213,6 +237,7 @@ class PPOTrainer:
                 "optimizer": self.optimizer.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None,
                 "step": step,
+                "kl_beta": self.kl_beta,
                 "history": self.history,
             },
             staging / "state.pt",
@@ -229,6 +254,7 @@ class PPOTrainer:
         if self.accelerator.scaler is not None and state.get("scaler") is not None:
             self.accelerator.scaler.load_state_dict(state["scaler"])
         self.history, self.start_step = state["history"], state["step"]
+        self.kl_beta = state.get("kl_beta", self.settings.kl_beta)  # checkpoints before kl_target had a fixed one
         # samples.jsonl keeps only the steps the checkpoint covers, so a resumed run writes each step once
         samples = self.run.path / "samples.jsonl"
         if samples.exists() and self.accelerator.is_main_process:

@@ -4,7 +4,7 @@ the prompts that leave room for a response, the plan lines, and the one 4-bit ba
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from posttrain.data.prompts import prompt_sources, read_prompts, too_long_message
@@ -16,10 +16,12 @@ from posttrain.recipe import Recipe
 
 @dataclass
 class RLInputs:
-    """A ppo or rs stage's data: the prompts and the adapter folder of each reward run, by role."""
+    """A ppo or rs stage's data: the prompts, the adapter folder of each reward run by role, and the held-out prompts
+    (chats) of the check at the end."""
 
     prompts: list[dict]
     rewards: dict[str, Path]
+    heldout: list[list[dict]] = field(default_factory=list)
 
 
 def reward_runs(spec: str | dict[str, str]) -> dict[str, str]:
@@ -83,12 +85,56 @@ def prepare_rl_stage(recipe: Recipe, prompt_room: int, echo: Callable[[str], Non
             f"{recipe.data.train}: {tagged} prompts are tagged safety, but {section}.reward names no "
             f"safety reward run. Give {section}.reward: {{helpfulness: RUN, safety: RUN}}, or drop the tags."
         )
-    stage.data = RLInputs(prompts, rewards)
+    heldout, heldout_line = heldout_prompts(recipe, stage.tokenizer, prompt_room, prompts)
+    stage.data = RLInputs(prompts, rewards, heldout)
     stage.details = [
         f"prompts     {len(prompts)} from {prompt_sources(prompts)} ({tagged} tagged safety)",
         f"reward      {', '.join(f'{role}: {path.parent}' for role, path in rewards.items())}",
+        heldout_line,
     ]
     return stage
+
+
+def heldout_prompts(recipe: Recipe, tokenizer, prompt_room: int, train: list[dict]) -> tuple[list[list[dict]], str]:
+    """The eval_prompts that fit and that the run does not train on, and the plan's line about them."""
+    source = getattr(recipe, recipe.method).eval_prompts
+    if not source:
+        return [], "held-out    none (eval_prompts: null)"
+    rows, too_long = read_prompts(source, tokenizer, recipe.data.max_length - prompt_room)
+    seen = [row["prompt"] for row in train]
+    fitting = [row["prompt"] for index, row in enumerate(rows) if index not in too_long]
+    kept = [prompt for prompt in fitting if prompt not in seen]
+    left_out = [f"{len(too_long)} too long"] if too_long else []
+    left_out += [f"{len(fitting) - len(kept)} also training prompts"] if len(kept) < len(fitting) else []
+    note = f" ({', '.join(left_out)}: left out)" if left_out else ""
+    return kept, f"held-out    {len(kept)} prompts from {source}{note}, checked at the end"
+
+
+def heldout_check(stage: Stage, final_kl: float | None, echo: Callable[[str], None]) -> dict | None:
+    """The held-out report of a finished ppo or rs run (its adapter/ saved): the trained model against the one it
+    started from, on stage.data.heldout; None when there are no held-out prompts."""
+    from posttrain.evaluation.heldout import heldout_report, heldout_rows
+
+    if not stage.data.heldout:
+        return None
+    recipe, section = stage.recipe, getattr(stage.recipe, stage.recipe.method)
+    judge = section.reward if isinstance(section.reward, str) else section.reward["helpfulness"]
+    report = heldout_report(
+        str(stage.adapter.parent) if stage.adapter else recipe.model.name,
+        str(stage.run.path),
+        judge,
+        stage.model.base,
+        stage.data.heldout,
+        max_new_tokens=section.max_new_tokens,
+        start_chat_template=recipe.model.chat_template,
+        quantization=recipe.model.quantization,
+        seed=section.seed,
+        echo=echo,
+    )
+    report["final_kl"] = final_kl  # per response, summed over its tokens (ppo's last step; rs measures none)
+    for line in heldout_rows(report):
+        echo(line)
+    return report
 
 
 def prompts_that_fit(recipe: Recipe, tokenizer, prompt_room: int, echo: Callable[[str], None]) -> list[dict]:
