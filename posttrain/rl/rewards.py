@@ -152,7 +152,7 @@ class RewardRunScore:
             base.set_adapter(active)  # PEFT's switch also sets requires_grad: the policy trains again, this does not
             self.model.train(was_training)
         last = batch["attention_mask"].sum(dim=1) - 1
-        return self.head(hidden[torch.arange(len(last)), last]).squeeze(-1).tolist()
+        return self.head(hidden[torch.arange(len(last), device=hidden.device), last]).squeeze(-1).tolist()
 
 
 # ---------------------------------------------------------------- the recipe's list
