@@ -164,11 +164,8 @@ def train(stage: Stage, *, resume: bool, echo: Callable[[str], None] = print) ->
     started = time.perf_counter()
 
     def build() -> list[dict]:
-        sampler = Sampler(stage, inputs["rewards"], s)
-        try:
+        with Sampler(stage, inputs["rewards"], s) as sampler:
             return answers(sampler, inputs["prompts"], s)
-        finally:
-            sampler.close()
 
     records = build_once(stage, build)
     metrics = {"distill": distill_metrics(records, time.perf_counter() - started)}

@@ -202,11 +202,8 @@ def train(stage: Stage, *, resume: bool, echo: Callable[[str], None] = print) ->
     started = time.perf_counter()
 
     def build() -> list[dict]:
-        sampler = Sampler(stage, inputs["rewards"], s)
-        try:
+        with Sampler(stage, inputs["rewards"], s) as sampler:
             return build_dialogues(sampler, inputs["dialogues"], s)
-        finally:
-            sampler.close()
 
     records = build_once(stage, build)
     metrics = {"gatt": build_metrics(records, time.perf_counter() - started)}

@@ -25,7 +25,7 @@ from posttrain.methods.common import Stage, processes
 from posttrain.methods.trl_backed import train_and_finish
 from posttrain.recipe import Recipe
 from posttrain.rl.setup import heldout_check, load_base_and_lora, prepare_rl_stage
-from posttrain.runs import RunFolder
+from posttrain.runs import RunFolder, write_jsonl
 
 # Round folders are this method's checkpoints: --resume continues the latest one.
 ROUND_PATTERN = "round-*"
@@ -171,11 +171,3 @@ def train(stage: Stage, *, resume: bool, echo: Callable[[str], None] = print) ->
         metrics["heldout"] = heldout_check(stage, None, echo)
         run_folder.write_metrics(metrics | {"final": metrics["rounds"][-1]})
     return metrics
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    """Write all rows, then move into place: a file that exists is complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(path.name + ".partial")
-    staging.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
-    staging.rename(path)

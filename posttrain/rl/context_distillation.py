@@ -16,7 +16,7 @@ from pathlib import Path
 from posttrain.errors import UserError
 from posttrain.methods.common import Stage, prepare_stage
 from posttrain.rl.setup import check_reward_run, load_base_and_lora
-from posttrain.runs import RunFolder
+from posttrain.runs import RunFolder, write_jsonl
 
 
 class BuiltDataRunFolder(RunFolder):
@@ -89,6 +89,12 @@ class Sampler:
         with autocast(self.precision, self.device.type):
             return reward_scores(self.shared, rescored, ["reward"], self.settings).tolist()
 
+    def __enter__(self) -> Sampler:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def close(self) -> None:
         import torch
 
@@ -105,11 +111,7 @@ def build_once(stage: Stage, build: Callable[[], list[dict]]) -> list[dict]:
 
     path, state = stage.run.built, processes(stage)
     if state.is_main_process and not path.is_file():
-        rows = build()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.with_name(path.name + ".partial")
-        staging.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
-        staging.rename(path)
+        write_jsonl(path, build())
     state.wait_for_everyone()
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 

@@ -242,3 +242,11 @@ def newest_incomplete(run: RunFolder) -> Path | None:
     latest = run.latest_checkpoint()
     after = [p for p in run.checkpoint_folders() if latest is None or step_of(p) > step_of(latest)]
     return after[-1] if after else None
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    """Write all rows, then move into place: a file that exists is complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(path.name + ".partial")
+    staging.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    staging.rename(path)
