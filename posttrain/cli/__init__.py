@@ -3,7 +3,8 @@ inside commands so `posttrain --help` is instant.
 
     train.py   sft, reward, dpo, orpo, ppo, rs (one per method of posttrain.methods) and quickstart
     info.py    recipes, plan, env, data inspect: looking before training
-    use.py     chat, generate, merge, serve and eval: using what was trained
+    use.py     chat, generate, merge, serve: using what was trained
+    evaluate.py  eval accuracy, winrate, perplexity, gatt: one JSON report per call
     support.py what they share (user errors as exit 2, quiet libraries, recipe arguments)
 
 Exit status: 0 success; 2 a user error (bad recipe, data, path, hardware request, overflowed weights, an output
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import typer
 
+from posttrain.cli.evaluate import eval_app
 from posttrain.cli.info import info_app
 from posttrain.cli.train import train_app
 from posttrain.cli.use import use_app
@@ -28,3 +30,4 @@ app = typer.Typer(
 # The groups' commands sit at the top level, listed in this order.
 for group in (train_app, info_app, use_app):
     app.add_typer(group)
+app.add_typer(eval_app, name="eval")

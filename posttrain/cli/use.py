@@ -1,4 +1,4 @@
-"""The commands that use what was trained: chat, generate, merge, eval (a group) and serve.
+"""The commands that use what was trained: chat, generate, merge and serve (eval is cli/evaluate.py).
 
 Registered at the top level of `posttrain` by cli.py. Heavy libraries are imported inside commands.
 """
@@ -14,10 +14,6 @@ import typer
 from posttrain.cli.support import quiet_libraries, reports_user_errors
 
 use_app = typer.Typer()
-eval_app = typer.Typer(
-    help="Evaluate: reward accuracy, win-rate, perplexity, instruction keeping (gatt). One JSON report per call."
-)
-use_app.add_typer(eval_app, name="eval", no_args_is_help=True)
 
 ModelArg = Annotated[str, typer.Argument(help="Hub id, local or merged folder, alias, or run folder.")]
 ChatTemplate = Annotated[
@@ -31,9 +27,6 @@ TopP = Annotated[float, typer.Option(help="Sample from the likeliest tokens hold
 RepetitionPenalty = Annotated[float, typer.Option(help="Above 1.0 discourages repeating tokens; 1.0: none.")]
 BatchSize = Annotated[int, typer.Option(help="Prompts generated together.")]
 Seed = Annotated[int, typer.Option(help="Seed for sampling.")]
-ReportPath = Annotated[
-    Path | None, typer.Option("--output", help="Report file (default: a new evals/MODE-DATE-TIME.json).")
-]
 
 
 def generation_settings(max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty):
@@ -104,122 +97,6 @@ def merge(
 
     quiet_libraries()
     merge_run(run, output, dtype, echo=typer.echo)
-
-
-def finish_report(path: Path, report: dict, rows: list[tuple[str, str]]) -> None:
-    from posttrain.evaluation.report import table, write_report
-
-    write_report(path, report)
-    for line in table(rows):
-        typer.echo(line)
-    typer.echo(f"report: {path}")
-
-
-@eval_app.command("accuracy")
-@reports_user_errors
-def eval_accuracy(
-    reward_run: Annotated[str, typer.Argument(help="Run folder of `posttrain reward`.")],
-    data: Annotated[str, typer.Option(help="Preference file in any preference format, or builtin:NAME.")],
-    data_format: Annotated[str, typer.Option("--format", help="auto, or a preference format name.")] = "auto",
-    batch_size: BatchSize = 8,
-    output: ReportPath = None,
-):
-    """Share of pairs whose chosen reply the reward run scores above the rejected one (per strength label too)."""
-    from posttrain.evaluation.accuracy import accuracy_rows, reward_accuracy
-    from posttrain.evaluation.report import report_path
-
-    path = report_path("accuracy", output)
-    quiet_libraries()
-    report = reward_accuracy(reward_run, data, data_format, batch_size)
-    finish_report(path, report, accuracy_rows(report))
-
-
-@eval_app.command("winrate")
-@reports_user_errors
-def eval_winrate(
-    model_a: ModelArg,
-    model_b: ModelArg,
-    prompts: Annotated[str, typer.Option(help="Prompt file in any data format (prompt part taken), or builtin:NAME.")],
-    judge: Annotated[str, typer.Option(help="Reward run that scores both replies (same tokenizer as A and B).")],
-    chat_template: ChatTemplate = "auto",
-    batch_size: BatchSize = 8,
-    max_new_tokens: MaxNewTokens = 256,
-    do_sample: DoSample = False,
-    temperature: Temperature = 0.7,
-    top_k: TopK = 50,
-    top_p: TopP = 1.0,
-    repetition_penalty: RepetitionPenalty = 1.0,
-    seed: Annotated[int, typer.Option(help="Seed of A's sampling (B uses seed + 1) and of the bootstrap.")] = 0,
-    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% interval.")] = 1000,
-    tie_margin: Annotated[float, typer.Option(help="Score difference up to which a pair is a tie.")] = 0.0,
-    output: ReportPath = None,
-):
-    """Win-rate of model A over model B on a prompt file, judged by a reward run (ties half), with a bootstrap CI."""
-    from posttrain.evaluation.report import report_path
-    from posttrain.evaluation.winrate import win_rate, winrate_rows
-
-    path = report_path("winrate", output)
-    settings = generation_settings(max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty)
-    quiet_libraries()
-    options = {"seed": seed, "resamples": bootstrap, "tie_margin": tie_margin, "batch_size": batch_size}
-    options |= {"chat_template": chat_template, "echo": typer.echo}
-    report = win_rate(model_a, model_b, prompts, judge, settings, **options)
-    finish_report(path, report, winrate_rows(report))
-
-
-@eval_app.command("perplexity")
-@reports_user_errors
-def eval_perplexity(
-    model: ModelArg,
-    data: Annotated[str, typer.Option(help="Text file (one text), or a data file or builtin:NAME (one text per row).")],
-    window: Annotated[int, typer.Option(help="Tokens per forward pass (capped at the model's context).")] = 1024,
-    stride: Annotated[int | None, typer.Option(help="Tokens between windows (default: half the window).")] = None,
-    chat_template: ChatTemplate = "auto",
-    output: ReportPath = None,
-):
-    """Perplexity of a model on a text: exp(mean negative log-likelihood per token), sliding windows."""
-    from posttrain.evaluation.perplexity import perplexity, perplexity_rows
-    from posttrain.evaluation.report import report_path
-
-    path = report_path("perplexity", output)
-    quiet_libraries()
-    report = perplexity(model, data, window, stride, chat_template)
-    finish_report(path, report, perplexity_rows(report))
-
-
-@eval_app.command("gatt")
-@reports_user_errors
-def eval_gatt(
-    model: ModelArg,
-    prompts: Annotated[
-        str, typer.Option(help="Dialogues (user turns in order) in any data format, or builtin:NAME.")
-    ] = "builtin:gatt_dialogues",
-    turns: Annotated[int, typer.Option(help="Turns per dialogue (padded with generic follow-up questions).")] = 4,
-    dialogues: Annotated[int, typer.Option(help="Dialogues played per instruction.")] = 8,
-    instruction_in: Annotated[str, typer.Option(help="Where the instruction sits: system | first_user.")] = "system",
-    chat_template: ChatTemplate = "auto",
-    batch_size: BatchSize = 8,
-    max_new_tokens: MaxNewTokens = 64,
-    do_sample: DoSample = False,
-    temperature: Temperature = 0.7,
-    top_k: TopK = 50,
-    top_p: TopP = 1.0,
-    repetition_penalty: RepetitionPenalty = 1.0,
-    seed: Seed = 0,
-    output: ReportPath = None,
-):
-    """Share of replies per turn that still follow a checkable first-turn instruction (Ghost Attention's target)."""
-    from posttrain.evaluation.gatt import gatt_eval, gatt_rows, plot
-    from posttrain.evaluation.report import report_path
-
-    path = report_path("gatt", output)
-    settings = generation_settings(max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty)
-    quiet_libraries()
-    options = {"batch_size": batch_size, "seed": seed, "chat_template": chat_template, "echo": typer.echo}
-    report = gatt_eval(model, prompts, turns, dialogues, instruction_in, settings, **options)
-    finish_report(path, report, gatt_rows(report))
-    picture = path.with_suffix(".png")
-    typer.echo(f"plot: {picture}" if plot(report, picture) else "plot: skipped (matplotlib is not installed)")
 
 
 @use_app.command()
