@@ -90,12 +90,13 @@ def test_a_rejection_sampling_round_makes_every_tensor_on_its_device(rl_recipe):
 
 def test_generation_and_winrate_judging_make_every_tensor_on_its_device(sft_run, reward_run):
     from posttrain.evaluation.winrate import judge_pairs
-    from posttrain.inference.generation import GenerationSettings, answer_chats
+    from posttrain.inference.generation import GenerationSettings, Reply, generate_replies_to_chats
     from posttrain.models.loading import load_run_model
 
     model, tokenizer = load_run_model(str(sft_run))
     chats = [[{"role": "user", "content": "Where be the treasure?"}]] * 2
     with DeviceTrap():
-        replies = answer_chats(model, tokenizer, chats, GenerationSettings(max_new_tokens=4, do_sample=True))
-        pairs = judge_pairs(str(reward_run), chats, replies, ["Arr."] * 2, tie_margin=0.0)
+        settings = GenerationSettings(max_new_tokens=4, do_sample=True)
+        replies = generate_replies_to_chats(model, tokenizer, chats, settings)
+        pairs = judge_pairs(str(reward_run), chats, replies, [Reply("Arr.", 2, True)] * 2, tie_margin=0.0)
     assert len(pairs) == 2

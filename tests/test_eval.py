@@ -109,12 +109,26 @@ def test_accuracy_needs_a_reward_run(sft_run, reward_pairs, in_tmp):
 
 def test_win_rate_of_a_model_against_itself_is_about_half(sft_run, reward_run, in_tmp):
     args = ["--prompts", "builtin:pirate_prompts", "--judge", reward_run, "--do-sample", "--max-new-tokens", "12"]
-    report = report_of(evaluate("winrate", sft_run, sft_run, *args))
+    # the tiny model never ends a reply: judge the cut-off replies with their turn closed
+    report = report_of(evaluate("winrate", sft_run, sft_run, *args, "--truncated", "append_eos"))
     low, high = report["ci95"]
     assert report["pairs"] == 40 and report["wins_a"] + report["wins_b"] + report["ties"] == 40
     assert abs(report["win_rate_a"] - 0.5) < 0.2
     assert low < 0.5 < high
     assert report["judged"][0]["reply_a"] != report["judged"][0]["reply_b"]  # two independent samples
+
+
+def test_a_cut_off_reply_never_gets_the_judges_score(sft_run, reward_run, in_tmp):
+    args = ["--prompts", "builtin:pirate_prompts", "--judge", reward_run, "--do-sample", "--max-new-tokens", "6"]
+    report = report_of(evaluate("winrate", sft_run, "tiny-llama2", *args, "--truncated-score", "-7.5"))
+    cut_off = [(pair, side) for pair in report["judged"] for side in "ab" if not pair[f"finished_{side}"]]
+    assert cut_off and report["cut_off_a"] + report["cut_off_b"] == len(cut_off)
+    assert all(pair[f"score_{side}"] == -7.5 for pair, side in cut_off)
+
+
+def test_winrate_refuses_an_unknown_truncation_rule(sft_run, reward_run, in_tmp):
+    result = evaluate("winrate", sft_run, sft_run, "--prompts", "x", "--judge", reward_run, "--truncated", "drop")
+    assert result.exit_code == 2 and "--truncated drop is not a choice" in result.output
 
 
 def test_a_judge_on_another_tokenizer_is_refused(tiny_model, reward_run, tmp_path):

@@ -24,6 +24,7 @@ from posttrain.cli.use import (
     TopP,
     generation_settings,
 )
+from posttrain.errors import UserError
 
 ReportPath = Annotated[
     Path | None, typer.Option("--output", help="Report file (default: a new evals/MODE-DATE-TIME.json).")
@@ -80,16 +81,27 @@ def eval_winrate(
     seed: Annotated[int, typer.Option(help="Seed of A's sampling (B uses seed + 1) and of the bootstrap.")] = 0,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% interval.")] = 1000,
     tie_margin: Annotated[float, typer.Option(help="Score difference up to which a pair is a tie.")] = 0.0,
+    truncated: Annotated[
+        str,
+        typer.Option(
+            help="A reply cut off at --max-new-tokens: fixed_score gets --truncated-score (the reward model never "
+            "saw such an ending); append_eos is judged with its turn closed. As ppo.truncated and rs.truncated."
+        ),
+    ] = "fixed_score",
+    truncated_score: Annotated[float, typer.Option(help="Score of a cut-off reply (--truncated fixed_score).")] = -10.0,
     output: ReportPath = None,
 ):
     """Win-rate of model A over model B on a prompt file, judged by a reward run (ties half), with a bootstrap CI."""
     from posttrain.evaluation.report import report_path
     from posttrain.evaluation.winrate import win_rate, winrate_rows
 
+    if truncated not in ("fixed_score", "append_eos"):
+        raise UserError(f"--truncated {truncated} is not a choice: use fixed_score or append_eos.")
     path = report_path("winrate", output)
     settings = generation_settings(max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty)
     quiet_libraries()
     options = {"seed": seed, "resamples": bootstrap, "tie_margin": tie_margin, "batch_size": batch_size}
+    options["truncated_score"] = truncated_score if truncated == "fixed_score" else None
     options |= {"chat_template": chat_template, "echo": typer.echo}
     report = win_rate(model_a, model_b, prompts, judge, settings, **options)
     finish_report(path, report, winrate_rows(report))

@@ -29,11 +29,13 @@ def heldout_report(
     max_new_tokens: int,
     start_chat_template: str,
     quantization: str,
+    truncated_score: float | None,
     seed: int,
     echo: Callable[[str], None] = print,
 ) -> dict:
     """The report on `prompts` (each a chat ending in a user turn). `start` and `trained` are model names or run
-    folders, `judge` a reward run, `base` the base model whose perplexity measures fluency."""
+    folders, `judge` a reward run, `base` the base model whose perplexity measures fluency. A cut-off answer is
+    judged as the run scored one in training (`truncated_score`, or None: with its turn closed)."""
     from posttrain.evaluation.winrate import OUTCOME_VALUE, bootstrap_interval, generate_replies, judge_pairs
 
     settings = GenerationSettings(max_new_tokens=max_new_tokens)  # greedy: cheap and the same on every rerun
@@ -43,9 +45,9 @@ def heldout_report(
         "start": generate_replies(start, prompts, settings, seed, start_chat_template, 8, echo),
     }
     echo(f"judging {len(prompts)} held-out pairs with {judge}")
-    texts = {role: [reply.text for reply in replies[role]] for role in replies}
-    pairs = judge_pairs(judge, prompts, texts["trained"], texts["start"], tie_margin=0.0)
+    pairs = judge_pairs(judge, prompts, replies["trained"], replies["start"], 0.0, truncated_score)
     values = [OUTCOME_VALUE[pair["winner"]] for pair in pairs]
+    texts = {role: [reply.text for reply in replies[role]] for role in replies}
     perplexities = answer_perplexities(base, texts, quantization)
     winners = [pair["winner"] for pair in pairs]
     return {

@@ -1,8 +1,11 @@
 """`posttrain eval winrate`: how often model A's reply beats model B's, judged by a reward run.
 
 Chatbot-Arena style, pairwise per prompt: A wins, B wins, or a tie (identical replies, or scores within
---tie-margin), a tie counting half. The 95% interval comes from a seeded bootstrap over prompts. The models are
-loaded one after another, then the judge, so only one is in memory at a time.
+--tie-margin), a tie counting half. A reply cut off at --max-new-tokens is scored as ppo and rs score one: a fixed
+low score (--truncated fixed_score, the default: the reward model never saw a mid-sentence ending in training, so
+its score there means nothing), or the judge's score of the reply with its turn closed (append_eos). The 95%
+interval comes from a seeded bootstrap over prompts. The models are loaded one after another, then the judge, so
+only one is in memory at a time.
 """
 
 from __future__ import annotations
@@ -27,11 +30,13 @@ def win_rate(
     seed: int = 0,
     resamples: int = 1000,
     tie_margin: float = 0.0,
+    truncated_score: float | None = -10.0,
     chat_template: str = "auto",
     batch_size: int = 8,
     echo: Callable[[str], None] = print,
 ) -> dict:
-    """The report: counts, win rate of A with its bootstrap interval, mean scores, and every judged pair."""
+    """The report: counts, win rate of A with its bootstrap interval, mean scores, and every judged pair.
+    `truncated_score` None scores a cut-off reply with its turn closed (append_eos)."""
     from posttrain.data.prompts import load_prompts
     from posttrain.inference.generation import room_for_replies
     from posttrain.models.loading import context_length, load_inference_tokenizer, require_reward_run
@@ -47,14 +52,11 @@ def win_rate(
     prompts = [row["prompt"] for row in rows]
     replies = [
         # B samples with the next seed, so a model set against itself gives two independent replies
-        [
-            reply.text
-            for reply in generate_replies(name, prompts, settings, seed + offset, chat_template, batch_size, echo)
-        ]
+        generate_replies(name, prompts, settings, seed + offset, chat_template, batch_size, echo)
         for offset, name in enumerate((model_a, model_b))
     ]
     echo(f"judging {len(prompts)} pairs with {judge}")
-    pairs = judge_pairs(judge, prompts, *replies, tie_margin)
+    pairs = judge_pairs(judge, prompts, *replies, tie_margin, truncated_score)
     values = [OUTCOME_VALUE[pair["winner"]] for pair in pairs]
     winners = [pair["winner"] for pair in pairs]
     return {
@@ -63,7 +65,7 @@ def win_rate(
         "model_b": model_b,
         "judge": judge,
         "prompts": prompts_file,
-        "settings": settings.as_record() | {"seed": seed, "tie_margin": tie_margin},
+        "settings": settings.as_record() | {"seed": seed, "tie_margin": tie_margin, "truncated_score": truncated_score},
         "pairs": len(pairs),
         "wins_a": winners.count("a"),
         "wins_b": winners.count("b"),
@@ -73,29 +75,44 @@ def win_rate(
         "bootstrap_resamples": resamples,
         "mean_score_a": statistics.fmean(pair["score_a"] for pair in pairs),
         "mean_score_b": statistics.fmean(pair["score_b"] for pair in pairs),
+        "cut_off_a": sum(not pair["finished_a"] for pair in pairs),
+        "cut_off_b": sum(not pair["finished_b"] for pair in pairs),
         "judged": pairs,
     }
 
 
-def judge_pairs(judge: str, prompts: list, replies_a: list[str], replies_b: list[str], tie_margin: float) -> list:
-    """Each prompt with both replies, their reward scores, and the winner ("a", "b" or "tie")."""
+def judge_pairs(
+    judge: str,
+    prompts: list,
+    replies_a: list[Reply],
+    replies_b: list[Reply],
+    tie_margin: float,
+    truncated_score: float | None = -10.0,
+) -> list:
+    """Each prompt with both replies, their reward scores, and the winner ("a", "b" or "tie"). A reply cut off at
+    max_new_tokens scores `truncated_score`; with None, the judge scores it with its turn closed."""
     from posttrain.evaluation.scoring import score_conversations
     from posttrain.models.loading import load_run_model
 
     model, tokenizer = load_run_model(judge, task_type="SEQ_CLS")
 
-    def scores(replies: list[str]) -> list[float]:
-        chats = [p + [{"role": "assistant", "content": r}] for p, r in zip(prompts, replies, strict=True)]
-        return score_conversations(model, tokenizer, chats)
+    def scores(replies: list[Reply]) -> list[float]:
+        chats = [p + [{"role": "assistant", "content": r.text}] for p, r in zip(prompts, replies, strict=True)]
+        judged = score_conversations(model, tokenizer, chats)
+        if truncated_score is None:
+            return judged
+        return [score if reply.finished else truncated_score for score, reply in zip(judged, replies, strict=True)]
 
     return [
         {
             "prompt": p,
-            "reply_a": ra,
-            "reply_b": rb,
+            "reply_a": ra.text,
+            "reply_b": rb.text,
+            "finished_a": ra.finished,
+            "finished_b": rb.finished,
             "score_a": sa,
             "score_b": sb,
-            "winner": winner(ra, rb, sa, sb, tie_margin),
+            "winner": winner(ra.text, rb.text, sa, sb, tie_margin),
         }
         for p, ra, rb, sa, sb in zip(prompts, replies_a, replies_b, scores(replies_a), scores(replies_b), strict=True)
     ]
@@ -163,4 +180,5 @@ def winrate_rows(report: dict) -> list[tuple[str, str]]:
         ("A wins / B wins / ties", f"{report['wins_a']} / {report['wins_b']} / {report['ties']}"),
         ("win rate of A", f"{report['win_rate_a']:.3f}  (95% CI {low:.3f} to {high:.3f}, ties count half)"),
         ("mean score", f"A {report['mean_score_a']:.3f}, B {report['mean_score_b']:.3f}"),
+        ("cut off", f"A {report['cut_off_a']}, B {report['cut_off_b']} of {report['pairs']} (at max_new_tokens)"),
     ]

@@ -128,6 +128,7 @@ def heldout_check(stage: Stage, final_kl: float | None, echo: Callable[[str], No
         max_new_tokens=section.max_new_tokens,
         start_chat_template=recipe.model.chat_template,
         quantization=recipe.model.quantization,
+        truncated_score=section.truncated_score if section.truncated == "fixed_score" else None,
         seed=section.seed,
         echo=echo,
     )
