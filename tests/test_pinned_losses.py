@@ -28,8 +28,8 @@ UPDATE = os.environ.get("POSTTRAIN_UPDATE_REFERENCES") == "1"
 HOW_TO_UPDATE = "POSTTRAIN_UPDATE_REFERENCES=1 pytest tests/test_pinned_losses.py"
 # Tight enough that any change to the math shows, loose enough for the reduction order of another CPU's kernels.
 REL, ABS = 1e-4, 1e-6
-# Bookkeeping in TRL's step logs, not results of the math.
-NOT_PINNED = {"learning_rate", "epoch", "num_tokens"}
+# Bookkeeping and timing in TRL's step logs, not results of the math.
+NOT_PINNED = {"learning_rate", "epoch", "num_tokens", "step_time"}
 PPO_KEYS = ("policy_loss", "value_loss", "score", "kl")
 RS_KEYS = ("train_loss", "mean_score", "best_score")
 TRAIN = {
@@ -78,13 +78,13 @@ def root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def sft_metrics(root) -> dict:
-    """The SFT run: pinned itself, and the start of dpo, rs and ppo."""
+    """The SFT run: pinned itself, and the start of dpo, kto, rs, ppo, gatt and distill."""
     return run(root, "sft", "tiny-llama2", "builtin:pirate_sft", train=TRAIN)
 
 
 @pytest.fixture(scope="module")
 def reward_metrics(root) -> dict:
-    """The reward run: pinned itself, and the reward model of rs and ppo."""
+    """The reward run: pinned itself, and the reward model of rs, ppo, gatt and distill."""
     return run(root, "reward", "tiny-llama2", "builtin:pirate_prefs", train=TRAIN | {"learning_rate": 1e-3})
 
 
@@ -161,6 +161,30 @@ def test_ppo_steps_are_pinned(root, sft_metrics, reward_metrics):
     ppo = {"reward": str(root / "reward"), "steps": 3, "batch_size": 4, "mini_batch_size": 2, "max_new_tokens": 8}
     metrics = run(root, "ppo", str(root / "sft"), "builtin:pirate_sft", ppo=ppo | {"learning_rate": 1e-3})
     check_pinned("ppo", ppo_steps(metrics))
+
+
+def test_kto_losses_are_pinned(root, sft_metrics):
+    check_pinned("kto", trl_steps(run(root, "kto", str(root / "sft"), "builtin:pirate_feedback", train=TRAIN)))
+
+
+def test_grpo_losses_are_pinned(root):
+    grpo = {"rewards": [{"max_words": 3}]}
+    train = TRAIN | {"per_device_train_batch_size": 4, "num_generations": 4, "max_completion_length": 8}
+    check_pinned("grpo", trl_steps(run(root, "grpo", "tiny-llama2", "builtin:arithmetic", grpo=grpo, train=train)))
+
+
+def test_gatt_losses_are_pinned(root, sft_metrics, reward_metrics):
+    gatt = {"reward": str(root / "reward"), "samples_per_dialogue": 2, "max_new_tokens": 8, "max_turns": 2}
+    gatt |= {"keep_cut_off": True}
+    check_pinned(
+        "gatt", trl_steps(run(root, "gatt", str(root / "sft"), "builtin:gatt_dialogues", gatt=gatt, train=TRAIN))
+    )
+
+
+def test_distill_losses_are_pinned(root, sft_metrics, reward_metrics):
+    distill = {"reward": str(root / "reward"), "max_new_tokens": 8, "keep": "all", "keep_cut_off": True}
+    metrics = run(root, "distill", str(root / "sft"), "builtin:safety_prompts", distill=distill, train=TRAIN)
+    check_pinned("distill", trl_steps(metrics))
 
 
 def test_a_second_run_gives_identical_numbers(root, sft_metrics):
