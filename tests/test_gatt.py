@@ -32,8 +32,17 @@ def gatt_recipe(tmp_path, name, data="builtin:gatt_dialogues", model=None, **sec
     return path
 
 
-@pytest.mark.parametrize("where", ["system", "first_user"])
-def test_the_built_dialogue_shows_the_instruction_once_and_trains_only_the_last_reply(tmp_path, where):
+# Where the instruction must sit in the rendered text, per template and place.
+SHOWN = {
+    ("llama2", "system"): f"<<SYS>>\n{INSTRUCTION}\n<</SYS>>",
+    ("llama2", "first_user"): f"[INST] {INSTRUCTION} {DIALOGUE['turns'][0]} [/INST]",
+    ("chatml", "system"): f"<|im_start|>system\n{INSTRUCTION}<|im_end|>",
+    ("chatml", "first_user"): f"<|im_start|>user\n{INSTRUCTION} {DIALOGUE['turns'][0]}<|im_end|>",
+}
+
+
+@pytest.mark.parametrize(("template", "where"), list(SHOWN))
+def test_the_built_dialogue_shows_the_instruction_once_and_trains_only_the_last_reply(tmp_path, template, where):
     from trl import SFTConfig, SFTTrainer
 
     from posttrain.data.prepare import PreparedData
@@ -41,7 +50,8 @@ def test_the_built_dialogue_shows_the_instruction_once_and_trains_only_the_last_
     from posttrain.methods.trl_backed import trl_config, trl_trainer
     from posttrain.recipe import load_recipe
 
-    recipe = load_recipe(str(gatt_recipe(tmp_path, "tiny-llama2", instruction_in=where)))
+    base = {"llama2": "tiny-llama2", "chatml": "smollm2-135m"}[template]  # tiny-llama2 has no ChatML tokens
+    recipe = load_recipe(str(gatt_recipe(tmp_path, base, model={"chat_template": template}, instruction_in=where)))
     stage = gatt.prepare(recipe)
     dialogue = DIALOGUE | {"instruction": INSTRUCTION}
     messages = gatt.trained_context(dialogue, REPLIES, where) + [{"role": "assistant", "content": "Bees cluster."}]
@@ -62,9 +72,9 @@ def test_the_built_dialogue_shows_the_instruction_once_and_trains_only_the_last_
 
     text = tokenizer.decode(ids)
     assert text.count(INSTRUCTION) == 1  # once, although every user turn carried it while sampling
-    in_system = f"<<SYS>>\n{INSTRUCTION}\n<</SYS>>" in text
-    in_first_user = f"[INST] {INSTRUCTION} {DIALOGUE['turns'][0]} [/INST]" in text
-    assert (in_system, in_first_user) == (where == "system", where == "first_user")
+    assert SHOWN[template, where] in text
+    other = "first_user" if where == "system" else "system"
+    assert SHOWN[template, other] not in text
 
 
 def test_sampling_puts_the_instruction_on_every_user_turn():
