@@ -49,6 +49,19 @@ def test_a_rerun_generates_only_what_is_missing_and_drops_a_row_cut_short(sft_ru
     assert rows_of(output) == complete  # greedy: the same replies, whatever the batch
 
 
+def test_each_row_says_whether_its_reply_finished_and_rows_without_it_still_resume(sft_run, prompts, tmp_path):
+    output = tmp_path / "out.jsonl"
+    generate(sft_run, prompts, output)
+    rows = rows_of(output)
+    # 6 new tokens: the tiny model's replies are cut off, and a reply is finished only if it holds an EOS
+    assert all(isinstance(row["finished"], bool) for row in rows) and not all(row["finished"] for row in rows)
+    old_rows = [{key: value for key, value in row.items() if key != "finished"} for row in rows[:3]]
+    output.write_text("".join(json.dumps(row) + "\n" for row in old_rows), encoding="utf-8")  # as written before
+    result = generate(sft_run, prompts, output)
+    assert result.exit_code == 0, result.output
+    assert "done: 2 new rows" in result.output and rows_of(output)[3:] == rows[3:]
+
+
 def test_resuming_with_other_settings_is_refused(sft_run, prompts, tmp_path):
     generate(sft_run, prompts, tmp_path / "out.jsonl")
     result = generate(sft_run, prompts, tmp_path / "out.jsonl", "--do-sample")

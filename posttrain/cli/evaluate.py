@@ -30,7 +30,8 @@ ReportPath = Annotated[
     Path | None, typer.Option("--output", help="Report file (default: a new evals/MODE-DATE-TIME.json).")
 ]
 eval_app = typer.Typer(
-    help="Evaluate: reward accuracy, win-rate, perplexity, instruction keeping (gatt). One JSON report per call.",
+    help="Evaluate: reward accuracy, win-rate, arena leaderboard, perplexity, instruction keeping (gatt). One JSON "
+    "report per call.",
     no_args_is_help=True,
 )
 
@@ -105,6 +106,61 @@ def eval_winrate(
     options |= {"chat_template": chat_template, "echo": typer.echo}
     report = win_rate(model_a, model_b, prompts, judge, settings, **options)
     finish_report(path, report, winrate_rows(report))
+
+
+@eval_app.command("arena")
+@reports_user_errors
+def eval_arena(
+    models: Annotated[
+        list[str] | None,
+        typer.Argument(help="Two or more models (hub id, folder, alias or run folder); none with --votes alone."),
+    ] = None,
+    prompts: Annotated[
+        str | None, typer.Option(help="Prompts every model answers: any data format (prompt part taken), builtin:NAME.")
+    ] = None,
+    judge: Annotated[
+        list[str] | None,
+        typer.Option(help="Reward run that scores every answer (the models' tokenizer); repeatable, one board each."),
+    ] = None,
+    votes: Annotated[
+        list[Path] | None,
+        typer.Option(help="Votes JSONL of `posttrain serve --arena`; repeatable; a board per voting judge (human)."),
+    ] = None,
+    answers: Annotated[
+        Path, typer.Option(help="Folder caching each model's answers per settings; a rerun reuses and resumes them.")
+    ] = Path("evals/arena-answers"),
+    chat_template: ChatTemplate = "auto",
+    batch_size: BatchSize = 8,
+    max_new_tokens: MaxNewTokens = 256,
+    do_sample: DoSample = False,
+    temperature: Temperature = 0.7,
+    top_k: TopK = 50,
+    top_p: TopP = 1.0,
+    repetition_penalty: RepetitionPenalty = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed of the models' sampling and of the bootstrap.")] = 0,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples of the battles for the 95% intervals.")] = 1000,
+    tie_margin: Annotated[float, typer.Option(help="Judge score difference up to which a battle is a tie.")] = 0.0,
+    output: ReportPath = None,
+):
+    """Chatbot-Arena leaderboard of many models: Bradley-Terry scores (Elo scale, mean 1000) with 95% intervals,
+    one board per reward-run judge and one from human votes; a PNG beside the report."""
+    from posttrain.evaluation.arena import arena, leaderboard_lines
+    from posttrain.evaluation.arena_plot import plot
+    from posttrain.evaluation.report import report_path, write_report
+
+    path = report_path("arena", output)
+    settings = generation_settings(max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty)
+    quiet_libraries()
+    options = {"answers_dir": answers, "seed": seed, "resamples": bootstrap, "tie_margin": tie_margin}
+    options |= {"chat_template": chat_template, "batch_size": batch_size, "echo": typer.echo}
+    report = arena(models or [], prompts, judge or [], votes or [], settings, **options)
+    write_report(path, report)
+    for board in report["leaderboards"]:
+        for line in leaderboard_lines(board):
+            typer.echo(line)
+    picture = path.with_suffix(".png")
+    typer.echo(f"plot: {picture}" if plot(report, picture) else "plot: skipped (matplotlib is not installed)")
+    typer.echo(f"report: {path}")
 
 
 @eval_app.command("perplexity")

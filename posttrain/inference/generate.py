@@ -1,4 +1,6 @@
-"""`posttrain generate`: a reply to every prompt of a file, as JSONL rows {prompt, response, model, settings}.
+"""`posttrain generate`: a reply to every prompt of a file, as JSONL rows {prompt, response, finished, model, settings}.
+
+`finished` is false for a reply cut off at max_new_tokens (no EOS); rows written before it existed lack it.
 
 Batched with left padding. Resumable: rows are appended batch by batch, and a rerun skips the prompts the output
 already answers (a prompt listed twice in the file is answered twice). A row cut short by a crash is dropped.
@@ -42,7 +44,7 @@ def generate_missing(model_name, prompts_file, output: Path, settings, batch_siz
     from transformers import set_seed
 
     from posttrain.data.prompts import load_prompts
-    from posttrain.inference.generation import answer_chats, progress_bar, room_for_replies
+    from posttrain.inference.generation import generate_replies_to_chats, progress_bar, room_for_replies
     from posttrain.models.loading import context_length, load_inference_tokenizer, load_run_model
 
     ref, tokenizer = load_inference_tokenizer(model_name, chat_template)
@@ -60,8 +62,10 @@ def generate_missing(model_name, prompts_file, output: Path, settings, batch_siz
     with output.open("a", encoding="utf-8") as handle, progress_bar(len(pending)) as bar:
         for start in range(0, len(pending), batch_size):
             prompts = pending[start : start + batch_size]
-            for prompt, reply in zip(prompts, answer_chats(model, tokenizer, prompts, settings), strict=True):
-                handle.write(json.dumps({"prompt": prompt, "response": reply} | record, ensure_ascii=False) + "\n")
+            replies = generate_replies_to_chats(model, tokenizer, prompts, settings)
+            for prompt, reply in zip(prompts, replies, strict=True):
+                row = {"prompt": prompt, "response": reply.text, "finished": reply.finished} | record
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
             handle.flush()  # a crash loses at most the batch being generated
             bar.update(len(prompts))
     return len(pending)
