@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from posttrain.cli import app
 from posttrain.errors import UserError
-from posttrain.evaluation.arena import answers_file, judged_battles
+from posttrain.evaluation.arena import answers_file, judge_answers
 from posttrain.evaluation.bradley_terry import leaderboard
 from posttrain.evaluation.votes import parse_vote
 from posttrain.inference.generation import GenerationSettings
@@ -100,15 +100,16 @@ def test_the_bootstrap_is_seeded():
 # ---------------------------------------------------------------- judged battles and answer files
 
 
-def test_a_reply_cut_off_loses_to_a_finished_one_whatever_its_score():
+def test_a_cut_off_answer_never_gets_the_judges_score(reward_run):
+    prompts = [[{"role": "user", "content": "What is two and two?"}]]
     answers = {
-        "cut": [{"text": "Arr, the answer is", "finished": False}, {"text": "Four.", "finished": True}],
-        "done": [{"text": "Four.", "finished": True}, {"text": "Four.", "finished": True}],
+        "cut": [{"text": "Arr, the answer is", "finished": False}],
+        "done": [{"text": "Arr, the answer is", "finished": True}],
     }
-    scores = {"cut": [9.0, 1.0], "done": [0.0, 1.0]}
-    assert judged_battles(["cut", "done"], answers, scores, tie_margin=0.0) == [("cut", "done", "b")] + [
-        ("cut", "done", "tie")  # identical answers tie
-    ]
+    fixed = judge_answers(str(reward_run), prompts, answers, 8, -7.5, echo=lambda line: None)
+    closed = judge_answers(str(reward_run), prompts, answers, 8, None, echo=lambda line: None)
+    assert fixed["cut"] == [-7.5] and fixed["done"] == closed["done"] != [-7.5]
+    assert closed["cut"] == closed["done"]  # append_eos: judged as if it had ended there
 
 
 def test_other_generation_settings_never_share_an_answer_file(tmp_path):

@@ -29,6 +29,23 @@ from posttrain.errors import UserError
 ReportPath = Annotated[
     Path | None, typer.Option("--output", help="Report file (default: a new evals/MODE-DATE-TIME.json).")
 ]
+Truncated = Annotated[
+    str,
+    typer.Option(
+        help="A reply cut off at --max-new-tokens: fixed_score gets --truncated-score (the reward model never saw such "
+        "an ending); append_eos is judged with its turn closed. As ppo.truncated and rs.truncated."
+    ),
+]
+TruncatedScore = Annotated[float, typer.Option(help="Score of a cut-off reply (--truncated fixed_score).")]
+
+
+def score_of_cut_off(truncated: str, truncated_score: float) -> float | None:
+    """What a judge gives a cut-off reply: the fixed score, or None (judged with its turn closed)."""
+    if truncated not in ("fixed_score", "append_eos"):
+        raise UserError(f"--truncated {truncated} is not a choice: use fixed_score or append_eos.")
+    return truncated_score if truncated == "fixed_score" else None
+
+
 eval_app = typer.Typer(
     help="Evaluate: reward accuracy, win-rate, arena leaderboard, perplexity, instruction keeping (gatt). One JSON "
     "report per call.",
@@ -82,27 +99,20 @@ def eval_winrate(
     seed: Annotated[int, typer.Option(help="Seed of A's sampling (B uses seed + 1) and of the bootstrap.")] = 0,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% interval.")] = 1000,
     tie_margin: Annotated[float, typer.Option(help="Score difference up to which a pair is a tie.")] = 0.0,
-    truncated: Annotated[
-        str,
-        typer.Option(
-            help="A reply cut off at --max-new-tokens: fixed_score gets --truncated-score (the reward model never "
-            "saw such an ending); append_eos is judged with its turn closed. As ppo.truncated and rs.truncated."
-        ),
-    ] = "fixed_score",
-    truncated_score: Annotated[float, typer.Option(help="Score of a cut-off reply (--truncated fixed_score).")] = -10.0,
+    truncated: Truncated = "fixed_score",
+    truncated_score: TruncatedScore = -10.0,
     output: ReportPath = None,
 ):
     """Win-rate of model A over model B on a prompt file, judged by a reward run (ties half), with a bootstrap CI."""
     from posttrain.evaluation.report import report_path
     from posttrain.evaluation.winrate import win_rate, winrate_rows
 
-    if truncated not in ("fixed_score", "append_eos"):
-        raise UserError(f"--truncated {truncated} is not a choice: use fixed_score or append_eos.")
+    cut_off = score_of_cut_off(truncated, truncated_score)
     path = report_path("winrate", output)
     settings = generation_settings(max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty)
     quiet_libraries()
     options = {"seed": seed, "resamples": bootstrap, "tie_margin": tie_margin, "batch_size": batch_size}
-    options["truncated_score"] = truncated_score if truncated == "fixed_score" else None
+    options["truncated_score"] = cut_off
     options |= {"chat_template": chat_template, "echo": typer.echo}
     report = win_rate(model_a, model_b, prompts, judge, settings, **options)
     finish_report(path, report, winrate_rows(report))
@@ -140,6 +150,8 @@ def eval_arena(
     seed: Annotated[int, typer.Option(help="Seed of the models' sampling and of the bootstrap.")] = 0,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples of the battles for the 95% intervals.")] = 1000,
     tie_margin: Annotated[float, typer.Option(help="Judge score difference up to which a battle is a tie.")] = 0.0,
+    truncated: Truncated = "fixed_score",
+    truncated_score: TruncatedScore = -10.0,
     output: ReportPath = None,
 ):
     """Chatbot-Arena leaderboard of many models: Bradley-Terry scores (Elo scale, mean 1000) with 95% intervals,
@@ -148,10 +160,12 @@ def eval_arena(
     from posttrain.evaluation.arena_plot import plot
     from posttrain.evaluation.report import report_path, write_report
 
+    cut_off = score_of_cut_off(truncated, truncated_score)
     path = report_path("arena", output)
     settings = generation_settings(max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty)
     quiet_libraries()
     options = {"answers_dir": answers, "seed": seed, "resamples": bootstrap, "tie_margin": tie_margin}
+    options["truncated_score"] = cut_off
     options |= {"chat_template": chat_template, "batch_size": batch_size, "echo": typer.echo}
     report = arena(models or [], prompts, judge or [], votes or [], settings, **options)
     write_report(path, report)

@@ -3,9 +3,9 @@
 Every model answers every prompt once. The answers are cached under --answers, one JSONL per model and generation
 settings, written by `posttrain generate`'s resumable writer: a rerun after a kill continues where it stopped, and a
 model whose answers are all there is not loaded again. Each judge (a reward run) scores every distinct answer once;
-then every pair of models meets on every prompt: identical answers tie, an answer cut off at --max-new-tokens loses
-to a finished one, else the higher score wins unless the scores are within --tie-margin (a tie). Each judge's
-battles, and the votes of each judge named in --votes files ("human"), make a leaderboard of their own
+an answer cut off at --max-new-tokens is scored as eval winrate scores one (--truncated). Then every pair of models
+meets on every prompt: identical answers tie, else the higher score wins unless the scores are within --tie-margin.
+Each judge's battles, and the votes of each judge named in --votes files ("human"), make a leaderboard of their own
 (bradley_terry.py). Models are loaded one at a time.
 """
 
@@ -37,6 +37,7 @@ def arena(
     seed: int = 0,
     resamples: int = 1000,
     tie_margin: float = 0.0,
+    truncated_score: float | None = -10.0,
     chat_template: str = "auto",
     batch_size: int = 8,
     echo: Callable[[str], None] = print,
@@ -48,6 +49,7 @@ def arena(
         echo(f"{file['file']}: {file['rows']} votes used ({file['both_bad']} both bad, counted as ties)")
     report = {"mode": "arena", "models": models, "prompts": prompts_file, "judges": judges, "votes": used}
     report["settings"] = settings.as_record() | {"seed": seed, "tie_margin": tie_margin, "chat_template": chat_template}
+    report["settings"]["truncated_score"] = truncated_score
     ranked = []  # (what the board is, its battles)
     if models:
         prompts = arena_prompts(models, judges, prompts_file, settings, chat_template)
@@ -58,7 +60,9 @@ def arena(
         }
         report |= {"prompt_count": len(prompts), "answers": {name: str(path) for name, path in files.items()}}
         report["unfinished"] = {name: sum(not a["finished"] for a in rows) for name, rows in answers.items()}
-        report["scores"] = {judge: judge_answers(judge, prompts, answers, batch_size, echo) for judge in judges}
+        report["scores"] = {
+            judge: judge_answers(judge, prompts, answers, batch_size, truncated_score, echo) for judge in judges
+        }
         for judge, scores in report["scores"].items():
             battles = judged_battles(models, answers, scores, tie_margin)
             mean_score = {name: statistics.fmean(values) for name, values in scores.items()}
@@ -159,8 +163,11 @@ def collect_answers(
     return [rows[prompt_key(prompt)].pop(0) for prompt in prompts]
 
 
-def judge_answers(judge: str, prompts: list, answers: dict[str, list[dict]], batch_size: int, echo) -> dict:
-    """{model: [score of its answer to each prompt]}: the judge scores each distinct (prompt, answer) once."""
+def judge_answers(
+    judge: str, prompts: list, answers: dict[str, list[dict]], batch_size: int, truncated_score: float | None, echo
+) -> dict:
+    """{model: [score of its answer to each prompt]}: the judge scores each distinct (prompt, answer) once; a cut-off
+    answer scores `truncated_score` instead (None: the judge's score of it with its turn closed)."""
     from posttrain.evaluation.scoring import score_conversations
     from posttrain.inference.generate import prompt_key
     from posttrain.models.loading import load_run_model
@@ -175,8 +182,14 @@ def judge_answers(judge: str, prompts: list, answers: dict[str, list[dict]], bat
     score_of = dict(zip(chats, score_conversations(model, tokenizer, list(chats.values()), batch_size), strict=True))
     del model
     release_memory()
+
+    def score(prompt, answer) -> float:
+        if truncated_score is not None and not answer["finished"]:
+            return truncated_score
+        return score_of[(prompt_key(prompt), answer["text"])]
+
     return {
-        name: [score_of[(prompt_key(prompt), answer["text"])] for prompt, answer in zip(prompts, rows, strict=True)]
+        name: [score(prompt, answer) for prompt, answer in zip(prompts, rows, strict=True)]
         for name, rows in answers.items()
     }
 
@@ -186,9 +199,7 @@ def judged_battles(models: list[str], answers: dict, scores: dict, tie_margin: f
     battles = []
     for a, b in itertools.combinations(models, 2):
         for answer_a, answer_b, score_a, score_b in zip(answers[a], answers[b], scores[a], scores[b], strict=True):
-            finished = (answer_a["finished"], answer_b["finished"])
-            outcome = winner(answer_a["text"], answer_b["text"], score_a, score_b, tie_margin, *finished)
-            battles.append((a, b, outcome))
+            battles.append((a, b, winner(answer_a["text"], answer_b["text"], score_a, score_b, tie_margin)))
     return battles
 
 

@@ -154,22 +154,8 @@ def generate_replies(name, prompts, settings, seed, chat_template, batch_size, e
     return replies
 
 
-def winner(
-    reply_a: str,
-    reply_b: str,
-    score_a: float,
-    score_b: float,
-    tie_margin: float,
-    finished_a: bool = True,
-    finished_b: bool = True,
-) -> str:
-    """ "a", "b" or "tie": identical replies tie; a reply cut off at max_new_tokens (not finished) loses to a
-    finished one, whatever the judge thinks of its start; else the higher score wins, outside the tie margin."""
-    if reply_a == reply_b:
-        return "tie"
-    if finished_a != finished_b:
-        return "a" if finished_a else "b"
-    if abs(score_a - score_b) <= tie_margin:
+def winner(reply_a: str, reply_b: str, score_a: float, score_b: float, tie_margin: float) -> str:
+    if reply_a == reply_b or abs(score_a - score_b) <= tie_margin:
         return "tie"
     return "a" if score_a > score_b else "b"
 
