@@ -228,6 +228,7 @@ def play_a_round(page, prompt: str, button: str, names: set[str]) -> None:
     expect(page.locator("#reveal")).to_contain_text(f"your vote: {button}")  # written to the file by then
 
 
+@pytest.mark.slow  # two server starts of two models each: about 30 s on 2 cores
 def test_votes_cast_in_chromium_are_in_the_file_and_survive_a_restart(
     serve_process, chromium, tiny_model, sft_run, tmp_path
 ):

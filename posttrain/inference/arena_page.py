@@ -44,93 +44,110 @@ def serve_arena(
     votes_file = VotesFile(votes)
     votes_file.prepare()
     served = [load_served_model(name, chat_template) for name in names]
-    address.launch(build_arena_page(served, system.strip() or None, settings, votes_file))
+    address.launch(ArenaPage(served, system.strip() or None, settings, votes_file).build())
 
 
-def build_arena_page(models: list[ServedModel], system: str | None, settings: GenerationSettings, votes: VotesFile):
-    gr = import_gradio()
+class ArenaPage:
+    """The page's components, and what each button does to them. One page serves every browser tab; what a tab's
+    round holds lives in its gr.State."""
 
-    def tally_text() -> str:
-        tally = votes.tally()
-        skipped = f" ({tally.skipped} unreadable line(s) skipped)" if tally.skipped else ""
-        return f"**{tally.votes}** vote(s) recorded in `{votes.path}`{skipped}"
+    def __init__(self, models: list[ServedModel], system: str | None, settings: GenerationSettings, votes: VotesFile):
+        self.models, self.system, self.settings, self.votes = models, system, settings, votes
+        self.gr = import_gradio()
 
-    def ask(prompt: str):
+    def build(self):
+        gr = self.gr
+        with gr.Blocks(title="posttrain arena", analytics_enabled=False) as page:
+            gr.Markdown(
+                f"# posttrain arena · {len(self.models)} models\n"
+                "Two of them, drawn at random, answer your prompt anonymously. Vote for the better answer; "
+                "the names are revealed after the vote."
+            )
+            self.count = gr.Markdown(elem_id="vote-count")
+            with gr.Row(equal_height=True):
+                self.sides = [
+                    gr.Chatbot(label=f"Model {side.upper()}", elem_id=f"model-{side}", buttons=["copy"])
+                    for side in ("a", "b")
+                ]
+            with gr.Row():
+                self.buttons = [
+                    gr.Button(text, interactive=False, elem_id=f"vote-{key}") for key, text in VOTES.items()
+                ]
+            self.reveal = gr.Markdown(elem_id="reveal")
+            with gr.Row():
+                self.prompt = gr.Textbox(
+                    placeholder="Prompt (Enter sends)", show_label=False, elem_id="prompt", scale=8
+                )
+                self.send = gr.Button("Send", variant="primary", elem_id="send", scale=1)
+            self.new_round = gr.Button("New round", visible=False, elem_id="new-round")
+            self.round = gr.State(None)
+
+            everything = [self.round, self.reveal, self.count, *self.sides, self.prompt, self.send, self.new_round]
+            everything += self.buttons
+            # One generation at a time: every tab shares the loaded models.
+            gr.on([self.prompt.submit, self.send.click], self.ask, [self.prompt], everything, concurrency_limit=1)
+            for key, button in zip(VOTES, self.buttons, strict=True):
+                button.click(functools.partial(self.vote, key), [self.round], everything)
+            self.new_round.click(self.clear, None, everything)
+            page.load(self.tally_text, None, self.count)
+        return page
+
+    def ask(self, prompt: str):
+        gr = self.gr
         prompt = prompt.strip()
         if not prompt:
             raise gr.Error("Type a prompt first.")
-        model_a, model_b = draw.sample(models, 2)
-        messages = Conversation(system, [{"role": "user", "content": prompt}]).messages()
-        if not (model_a.fits(messages, settings) and model_b.fits(messages, settings)):
+        model_a, model_b = draw.sample(self.models, 2)
+        messages = Conversation(self.system, [{"role": "user", "content": prompt}]).messages()
+        if not (model_a.fits(messages, self.settings) and model_b.fits(messages, self.settings)):
             raise gr.Error("That prompt does not fit a model's context with room for a reply; shorten it.")
-        yield {prompt_box: gr.Textbox(value="", interactive=False), send: gr.Button(interactive=False)}
+        yield {self.prompt: gr.Textbox(value="", interactive=False), self.send: gr.Button(interactive=False)}
         replies = ["", ""]
         try:
-            for replies in stream_together([m.reply_so_far(messages, settings) for m in (model_a, model_b)]):
-                yield {side: exchange(prompt, reply) for side, reply in zip(sides, replies, strict=True)}
+            for replies in stream_together([m.reply_so_far(messages, self.settings) for m in (model_a, model_b)]):
+                yield {side: exchange(prompt, reply) for side, reply in zip(self.sides, replies, strict=True)}
         except Exception as err:  # give the prompt box back, so the page is not stuck
-            yield {prompt_box: gr.Textbox(value=prompt, interactive=True), send: gr.Button(interactive=True)}
+            yield {self.prompt: gr.Textbox(value=prompt, interactive=True), self.send: gr.Button(interactive=True)}
             raise gr.Error(f"The models could not answer: {err}") from err
         done = Round(prompt, model_a.name, model_b.name, *replies)
-        yield {state: done} | {button: gr.Button(interactive=True) for button in buttons}
+        yield {self.round: done} | {button: gr.Button(interactive=True) for button in self.buttons}
 
-    def vote(winner: str, done: Round | None):
-        if done is None:  # the buttons are off until both replies are complete; this is a second click
+    def vote(self, winner: str, done: Round | None):
+        gr = self.gr
+        if done is None:  # the buttons are off until both replies are complete: a second click
             raise gr.Error("This round has no complete answers to vote on; start a new round.")
         try:
-            votes.append(vote_row(done.prompt, done.model_a, done.model_b, done.reply_a, done.reply_b, winner))
+            self.votes.append(vote_row(done.prompt, done.model_a, done.model_b, done.reply_a, done.reply_b, winner))
         except OSError as err:
-            raise gr.Error(f"The vote could not be written to {votes.path}: {err.strerror}. Try again.") from None
-        reveal_text = f"Model A: `{done.model_a}` · Model B: `{done.model_b}` · your vote: {VOTES[winner]}"
+            raise gr.Error(f"The vote could not be written to {self.votes.path}: {err.strerror}. Try again.") from None
+        side_a, side_b = self.sides
         return {
-            state: None,
-            reveal: reveal_text,
-            count: tally_text(),
+            self.round: None,
+            self.reveal: f"Model A: `{done.model_a}` · Model B: `{done.model_b}` · your vote: {VOTES[winner]}",
+            self.count: self.tally_text(),
             side_a: gr.Chatbot(label=f"Model A · {done.model_a}"),
             side_b: gr.Chatbot(label=f"Model B · {done.model_b}"),
-            new_round: gr.Button(visible=True),
-        } | {button: gr.Button(interactive=False) for button in buttons}
+            self.new_round: gr.Button(visible=True),
+        } | {button: gr.Button(interactive=False) for button in self.buttons}
 
-    def clear():
+    def clear(self):
+        gr = self.gr
+        side_a, side_b = self.sides
         return {
-            state: None,
-            reveal: "",
-            count: tally_text(),
+            self.round: None,
+            self.reveal: "",
+            self.count: self.tally_text(),
             side_a: gr.Chatbot(value=[], label="Model A"),
             side_b: gr.Chatbot(value=[], label="Model B"),
-            prompt_box: gr.Textbox(value="", interactive=True),
-            send: gr.Button(interactive=True),
-            new_round: gr.Button(visible=False),
-        } | {button: gr.Button(interactive=False) for button in buttons}
+            self.prompt: gr.Textbox(value="", interactive=True),
+            self.send: gr.Button(interactive=True),
+            self.new_round: gr.Button(visible=False),
+        } | {button: gr.Button(interactive=False) for button in self.buttons}
 
-    with gr.Blocks(title="posttrain arena", analytics_enabled=False) as page:
-        gr.Markdown(
-            f"# posttrain arena · {len(models)} models\n"
-            "Two of them, drawn at random, answer your prompt anonymously. Vote for the better answer; "
-            "the names are revealed after the vote."
-        )
-        count = gr.Markdown(elem_id="vote-count")
-        with gr.Row(equal_height=True):
-            side_a = gr.Chatbot(label="Model A", elem_id="model-a", buttons=["copy"])
-            side_b = gr.Chatbot(label="Model B", elem_id="model-b", buttons=["copy"])
-        sides = (side_a, side_b)
-        with gr.Row():
-            buttons = [gr.Button(label, interactive=False, elem_id=f"vote-{key}") for key, label in VOTES.items()]
-        reveal = gr.Markdown(elem_id="reveal")
-        with gr.Row():
-            prompt_box = gr.Textbox(placeholder="Prompt (Enter sends)", show_label=False, elem_id="prompt", scale=8)
-            send = gr.Button("Send", variant="primary", elem_id="send", scale=1)
-        new_round = gr.Button("New round", visible=False, elem_id="new-round")
-        state = gr.State(None)
-
-        everything = [state, reveal, count, *sides, prompt_box, send, new_round, *buttons]
-        for trigger in (prompt_box.submit, send.click):
-            trigger(ask, [prompt_box], everything, concurrency_limit=1)  # the models answer one prompt at a time
-        for key, button in zip(VOTES, buttons, strict=True):
-            button.click(functools.partial(vote, key), [state], everything)
-        new_round.click(clear, None, everything)
-        page.load(tally_text, None, count)
-    return page
+    def tally_text(self) -> str:
+        tally = self.votes.tally()
+        skipped = f" ({tally.skipped} unreadable line(s) skipped)" if tally.skipped else ""
+        return f"**{tally.votes}** vote(s) recorded in `{self.votes.path}`{skipped}"
 
 
 def exchange(prompt: str, reply: str) -> list[dict]:

@@ -2,8 +2,8 @@
 
 Each vote is one line written with a single write, flushed and fsync'ed before the page says it is recorded. A
 restart appends to the same file, never truncates it. A crash in the middle of a write can leave an unfinished last
-line; the next vote then starts on a fresh line, so that broken line stays alone: it is not a vote, and readers
-(the page's count, `posttrain eval arena`) skip it and say how many lines they skipped.
+line; the next vote then starts on a fresh line, so that broken line stays alone: it is not a vote, and a reader
+should skip it and say so (the page's count does).
 """
 
 from __future__ import annotations
