@@ -170,3 +170,83 @@ def ppo_trainer():
         return PPOTrainer(shared, stage.tokenizer, prompts, recipe.ppo, stage.run, accelerator, lambda _: None)
 
     return build
+
+
+# ---------------------------------------------------------------- `posttrain serve` in its own process, and a browser
+
+CHROMIUM = Path("/usr/bin/chromium")  # playwright cannot download its own browser here
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+class ServeProcess:
+    """`posttrain serve ARGS...` in its own process on a free port, its output in a log file."""
+
+    def __init__(self, log: Path):
+        self.log, self.server, self.handle = log, None, None
+
+    def start(self, *args: str) -> str:
+        """Start the server and wait for its page (the models load first); returns the page's URL."""
+        import subprocess
+        import sys
+        import time
+        import urllib.request
+
+        assert self.server is None, "stop the running server first"
+        port = free_port()
+        self.handle = self.log.open("a")
+        command = [sys.executable, "-m", "posttrain", "serve", *args, "--port", str(port)]
+        self.server = subprocess.Popen(command, stdout=self.handle, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.time() + 180
+        while True:
+            assert self.server.poll() is None, self.log.read_text()
+            assert time.time() < deadline, "the page did not come up in 3 minutes"
+            try:
+                urllib.request.urlopen(url, timeout=5)
+                return url
+            except OSError:
+                time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.terminate()
+            self.server.wait(timeout=30)
+            self.handle.close()
+            self.server = None
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def serve_process(tmp_path):
+    """Start (and restart) `posttrain serve` in a subprocess; whatever still runs is stopped after the test."""
+    process = ServeProcess(tmp_path / "serve.log")
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def chromium():
+    """Debian's chromium, headless, driven by playwright."""
+    assert CHROMIUM.is_file(), "the browser test needs Debian's chromium: apt-get install chromium (make test does)"
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

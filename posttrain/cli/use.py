@@ -102,22 +102,93 @@ def merge(
 @use_app.command()
 @reports_user_errors
 def serve(
-    model: ModelArg,
-    host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 opens the page to your network.")] = "127.0.0.1",
+    model: Annotated[
+        list[str],
+        typer.Argument(
+            help="The model to chat with (hub id, local or merged folder, alias, or run folder); with --arena, two "
+            "or more.",
+            show_default=False,
+        ),
+    ],
+    arena: Annotated[
+        bool,
+        typer.Option(
+            "--arena",
+            help="Serve the arena page instead: two of the MODELs, drawn at random, answer each prompt anonymously "
+            "side by side, and you vote. Every MODEL is loaded once at start and stays loaded: their memory adds up.",
+        ),
+    ] = False,
+    votes: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --arena: the JSONL file each vote is appended to (never overwritten) "
+            "\\[default: evals/arena-votes.jsonl].",
+            show_default=False,
+        ),
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="Address to bind; any other than loopback (e.g. 0.0.0.0, your network) needs --auth.")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of the page.")] = 7860,
-    system: Annotated[str, typer.Option(help="Starting system prompt (editable on the page).")] = "",
+    auth: Annotated[
+        str | None,
+        typer.Option(
+            metavar="USER:PASSWORD",
+            envvar="POSTTRAIN_SERVE_AUTH",
+            help="Login the page asks for; required with a --host other than loopback. The environment variable "
+            "keeps the password out of your shell history.",
+            show_default=False,
+        ),
+    ] = None,
+    system: Annotated[
+        str, typer.Option(help="System prompt: the chat page's starting one, the arena's fixed one.")
+    ] = "",
     chat_template: ChatTemplate = "auto",
     max_new_tokens: MaxNewTokens = 512,
-    temperature: Annotated[float, typer.Option(help="Starting temperature; 0: greedy.")] = 0.7,
-    top_p: TopP = 0.9,
+    temperature: Annotated[
+        float, typer.Option(help="Temperature: the chat page's starting one, the arena's fixed one; 0: greedy.")
+    ] = 0.7,
+    top_p: Annotated[
+        float, typer.Option(help="Sample from the likeliest tokens holding this mass (unless greedy).")
+    ] = 0.9,
 ):
-    r"""A local web chat page: streamed replies, history, system prompt, sampling controls, clear button.
+    r"""A local web chat page (streamed replies, history, system prompt, sampling controls), or with --arena a page
+    of blind side-by-side votes between models.
 
     Needs gradio, the `serve` extra of posttrain (pip install -e ".\[serve]" in a checkout).
     """
-    from posttrain.inference.serve import serve as serve_page
+    from posttrain.inference.serve import page_address
 
+    check_served_models(model, arena, votes)
+    address = page_address(host, port, auth)
     sampled = temperature > 0
     settings = generation_settings(max_new_tokens, sampled, temperature if sampled else 0.7, 50, top_p, 1.0)
     quiet_libraries()
-    serve_page(model, host, port, system, settings, chat_template)
+    if arena:
+        from posttrain.inference.arena_page import serve_arena
+
+        serve_arena(model, address, system, settings, chat_template, votes or DEFAULT_VOTES)
+    else:
+        from posttrain.inference.serve import serve as serve_page
+
+        serve_page(model[0], address, system, settings, chat_template)
+
+
+DEFAULT_VOTES = Path("evals/arena-votes.jsonl")
+
+
+def check_served_models(models: list[str], arena: bool, votes: Path | None) -> None:
+    """One MODEL for the chat page; two or more, each named once, for the arena."""
+    from posttrain.errors import UserError
+
+    if not arena and len(models) > 1:
+        raise UserError(
+            f"serve takes one MODEL for the chat page, not {len(models)}; add --arena to compare them side by side."
+        )
+    if not arena and votes is not None:
+        raise UserError("--votes is where the arena's votes go: add --arena (and two or more MODELs), or drop it.")
+    if arena and len(models) < 2:
+        raise UserError("--arena compares two or more MODELs; name another one, or drop --arena for a chat page.")
+    repeated = sorted({name for name in models if models.count(name) > 1})
+    if repeated:
+        raise UserError(f"--arena: {', '.join(repeated)} is named more than once; name each MODEL once.")

@@ -1,16 +1,20 @@
-"""`posttrain serve`: a local web chat page in the spirit of the Llama 2 chat demos, built on gradio's ChatInterface.
+"""`posttrain serve`: a local web chat page in the spirit of the Llama 2 chat demos, built on gradio's ChatInterface,
+and what it shares with the arena page (arena_page.py): the loaded models, their streamed replies, the address.
 
 Chat history for the session, a system prompt box, temperature / top-p / max-tokens controls, replies streamed
 token by token, a stop button and a clear-history button (the bin icon of the chat). gradio is the optional extra
-`pip install 'posttrain[serve]'`. The page binds to 127.0.0.1 unless --host says otherwise.
+`pip install 'posttrain[serve]'`. The page binds to 127.0.0.1 unless --host says otherwise, and a page bound to
+any other address needs --auth USER:PASSWORD.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 from collections.abc import Generator, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import Any
 
 from posttrain.errors import UserError
 from posttrain.inference.conversation import Conversation, make_room
@@ -24,6 +28,90 @@ def import_gradio():
     except ImportError:
         raise UserError("posttrain serve needs gradio, an optional extra: pip install 'posttrain[serve]'") from None
     return gradio
+
+
+# ---------------------------------------------------------------- what the chat and the arena page share
+
+
+@dataclass(frozen=True)
+class Address:
+    """Where the page listens, and the one login gradio asks for (None: no login)."""
+
+    host: str
+    port: int
+    login: tuple[str, str] | None
+
+    def launch(self, page) -> None:
+        page.launch(server_name=self.host, server_port=self.port, auth=self.login, inbrowser=False, show_error=True)
+
+
+def page_address(host: str, port: int, auth: str | None) -> Address:
+    """The address from --host/--port/--auth. Anyone who reaches the page can run the models (and, on the arena,
+    vote), so a page bound beyond this machine's loopback must ask for a password."""
+    login = None
+    if auth is not None:
+        user, _, password = auth.partition(":")
+        if not user or not password:
+            raise UserError("--auth takes USER:PASSWORD, both non-empty (e.g. --auth ana:correct-horse).")
+        login = (user, password)
+    if login is None and not is_loopback(host):
+        raise UserError(
+            f"--host {host} opens the page to other machines, so it needs a login: add --auth USER:PASSWORD "
+            "(or set POSTTRAIN_SERVE_AUTH), or leave --host at 127.0.0.1."
+        )
+    return Address(host, port, login)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # another host name: it may resolve to any interface
+        return False
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A model loaded once for the page's lifetime, with its tokenizer and how many tokens it takes."""
+
+    name: str
+    model: Any
+    tokenizer: Any
+    context: int
+
+    def fits(self, messages: list[dict], settings: GenerationSettings) -> bool:
+        """Whether the chat and a reply of settings.max_new_tokens fit the model's context."""
+        from posttrain.data.lengths import chat_length
+
+        prompt = chat_length(self.tokenizer, messages, add_generation_prompt=True)
+        return prompt + settings.max_new_tokens <= self.context
+
+    def reply_so_far(self, messages: list[dict], settings: GenerationSettings) -> Iterator[str]:
+        """The reply to a chat, streamed: the whole text so far after each new piece (gradio shows a value whole)."""
+        from posttrain.inference.generation import stream_reply
+
+        return accumulate(stream_reply(self.model, self.tokenizer, messages, settings))
+
+
+def load_served_model(name: str, chat_template: str) -> ServedModel:
+    from posttrain.models.loading import context_length, load_run_model, resolve_model
+
+    model, tokenizer = load_run_model(name, chat_template=chat_template)
+    return ServedModel(name, model, tokenizer, context_length(resolve_model(name)))
+
+
+def accumulate(pieces: Generator[str, None, None]) -> Iterator[str]:
+    """The text so far after each piece. Closing this generator (the stop button, a closed page) closes `pieces`
+    and so ends the generation."""
+    text = ""
+    with contextlib.closing(pieces):
+        for piece in pieces:
+            text += piece
+            yield text
+
+
+# ---------------------------------------------------------------- the chat page
 
 
 def message_text(content) -> str:
@@ -44,11 +132,8 @@ def conversation_of(history: list[dict], system: str, message: str) -> Conversat
     return Conversation(system.strip() or None, turns + [{"role": "user", "content": message}])
 
 
-def build_page(model, tokenizer, title: str, system: str, settings: GenerationSettings, context: int):
+def build_page(served: ServedModel, title: str, system: str, settings: GenerationSettings):
     """The gradio app; `settings` gives the controls' starting values and the knobs the page does not show."""
-    from posttrain.data.prepare import chat_length
-    from posttrain.inference.generation import stream_reply
-
     gr = import_gradio()
 
     def respond(message: str, history: list[dict], system_prompt: str, temperature: float, top_p: float, max_tokens):
@@ -60,14 +145,10 @@ def build_page(model, tokenizer, title: str, system: str, settings: GenerationSe
             top_p=top_p,
         )
         conversation, notes = conversation_of(history, system_prompt, message), []
-
-        def fits(messages: list[dict]) -> bool:
-            return chat_length(tokenizer, messages, add_generation_prompt=True) + chosen.max_new_tokens <= context
-
-        if not make_room(conversation, fits, notes.append):
+        if not make_room(conversation, lambda messages: served.fits(messages, chosen), notes.append):
             yield notes[0].strip()
             return
-        yield from accumulate(stream_reply(model, tokenizer, conversation.messages(), chosen))
+        yield from served.reply_so_far(conversation.messages(), chosen)
 
     start_temperature = settings.temperature if settings.do_sample else 0.0
     controls = [
@@ -76,7 +157,9 @@ def build_page(model, tokenizer, title: str, system: str, settings: GenerationSe
             0.0, 2.0, value=start_temperature, step=0.05, label="Temperature (0 = greedy)", elem_id="temperature"
         ),
         gr.Slider(0.05, 1.0, value=settings.top_p, step=0.05, label="Top-p", elem_id="top-p"),
-        gr.Slider(1, context, value=settings.max_new_tokens, step=1, label="Max new tokens", elem_id="max-tokens"),
+        gr.Slider(
+            1, served.context, value=settings.max_new_tokens, step=1, label="Max new tokens", elem_id="max-tokens"
+        ),
     ]
     return gr.ChatInterface(
         respond,
@@ -91,23 +174,8 @@ def build_page(model, tokenizer, title: str, system: str, settings: GenerationSe
     )
 
 
-def accumulate(pieces: Generator[str, None, None]) -> Iterator[str]:
-    """gradio shows the latest value whole: yield the reply so far after each piece. The stop button closes this
-    generator, which closes `pieces` and so ends the generation."""
-    text = ""
-    with contextlib.closing(pieces):
-        for piece in pieces:
-            text += piece
-            yield text
-
-
-def serve(model_name: str, host: str, port: int, system: str, settings: GenerationSettings, chat_template: str) -> None:
-    """Load MODEL and serve the page until Ctrl-C."""
-    from posttrain.models.loading import context_length, load_run_model, resolve_model
-
+def serve(model_name: str, address: Address, system: str, settings: GenerationSettings, chat_template: str) -> None:
+    """Load MODEL and serve the chat page until Ctrl-C."""
     import_gradio()  # before the model loads: a missing extra is reported at once
-    model, tokenizer = load_run_model(model_name, chat_template=chat_template)
-    page = build_page(
-        model, tokenizer, f"posttrain · {model_name}", system, settings, context_length(resolve_model(model_name))
-    )
-    page.launch(server_name=host, server_port=port, inbrowser=False, show_error=True)
+    served = load_served_model(model_name, chat_template)
+    address.launch(build_page(served, f"posttrain · {model_name}", system, settings))
