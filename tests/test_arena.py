@@ -149,7 +149,7 @@ def test_votes_alone_make_a_human_leaderboard_with_both_bad_as_a_tie(jsonl, in_t
     assert board["judge"] == "human" and board["kind"] == "votes" and board["battles"] == 12
     pirate = by_model(board)["pirate"]
     assert (pirate["wins"], pirate["losses"], pirate["ties"]) == (6, 2, 4)
-    assert report["votes"] == [{"file": str(in_tmp / "votes.jsonl"), "rows": 12, "both_bad": 2}]
+    assert report["votes"] == [{"file": str(in_tmp / "votes.jsonl"), "rows": 12, "both_bad": 2, "unreadable": 0}]
     assert "judge human (votes): 12 battles" in result.output
     report_file = result.output.strip().splitlines()[-1].removeprefix("report: ")
     assert (in_tmp / report_file).with_suffix(".png").is_file()
@@ -162,11 +162,23 @@ def test_a_bad_vote_row_is_named_by_file_and_line(jsonl, in_tmp):
     assert f"{path}:3: winner 'draw' is not one of a, b, tie, both_bad" in result.output
 
 
+def test_a_line_cut_short_by_a_crash_is_skipped_and_counted(in_tmp):
+    from posttrain.inference.arena_votes import VotesFile
+
+    path = in_tmp / "votes.jsonl"
+    path.write_text(json.dumps(VOTE) + "\n" + json.dumps(VOTE)[:40])  # the page died while writing the second
+    VotesFile(path).append(VOTE)  # after a restart: a fresh line
+    result = arena("--votes", path, "--bootstrap", "10")
+    assert result.exit_code == 0, result.output
+    assert (
+        f"{path}: 2 votes used (0 both bad, counted as ties; lines cut short by a crash, skipped: 1)" in result.output
+    )
+
+
 @pytest.mark.parametrize(
     ("line", "says"),
     [
         ("[1, 2]", "not a JSON object but list"),
-        ('{"winner": "a"', "not a JSON object"),
         (json.dumps({k: v for k, v in VOTE.items() if k != "reply_b"}), "the vote lacks reply_b"),
         (json.dumps(VOTE | {"model_b": "pirate"}), "model_a and model_b are both 'pirate'"),
         (json.dumps(VOTE | {"time": "yesterday"}), "time 'yesterday' is not an ISO-8601"),

@@ -46,7 +46,8 @@ def arena(
     check_request(models, prompts_file, judges, vote_files, resamples)
     votes, used = read_votes(vote_files) if vote_files else ({}, [])  # a bad vote fails before any model loads
     for file in used:
-        echo(f"{file['file']}: {file['rows']} votes used ({file['both_bad']} both bad, counted as ties)")
+        skipped = f"; lines cut short by a crash, skipped: {file['unreadable']}" if file["unreadable"] else ""
+        echo(f"{file['file']}: {file['rows']} votes used ({file['both_bad']} both bad, counted as ties{skipped})")
     report = {"mode": "arena", "models": models, "prompts": prompts_file, "judges": judges, "votes": used}
     report["settings"] = settings.as_record() | {"seed": seed, "tie_margin": tie_margin, "chat_template": chat_template}
     report["settings"]["truncated_score"] = truncated_score

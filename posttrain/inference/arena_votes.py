@@ -2,8 +2,8 @@
 
 Each vote is one line written with a single write, flushed and fsync'ed before the page says it is recorded. A
 restart appends to the same file, never truncates it. A crash in the middle of a write can leave an unfinished last
-line; the next vote then starts on a fresh line, so that broken line stays alone: it is not a vote, and a reader
-should skip it and say so (the page's count does).
+line; the next vote then starts on a fresh line, so that broken line stays alone: it is not a vote, and the readers
+skip it and say so (the page's count, and `eval arena --votes`). The row format is posttrain.evaluation.votes'.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from posttrain.errors import UserError
-
-WINNERS = ("a", "b", "tie", "both_bad")
+from posttrain.evaluation.votes import WINNERS
 
 
 def vote_row(prompt: str, model_a: str, model_b: str, reply_a: str, reply_b: str, winner: str) -> dict:
