@@ -49,7 +49,10 @@ def task_folder(tmp_path):
         "validation_split": "train",
     }
     (folder / "local_truthfulqa_mc2.yaml").write_text(yaml.safe_dump(mc2), encoding="utf-8")
-    answers = [{"question": "What is two plus two?", "answer": "Four."}, {"question": "Name a colour.", "answer": "Red."}]
+    answers = [
+        {"question": "What is two plus two?", "answer": "Four."},
+        {"question": "Name a colour.", "answer": "Red."},
+    ]
     (folder / "answers.jsonl").write_text("".join(json.dumps(a) + "\n" for a in answers), encoding="utf-8")
     generate = {
         "task": "local_answers",
@@ -63,6 +66,8 @@ def task_folder(tmp_path):
         "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
     }
     (folder / "local_answers.yaml").write_text(yaml.safe_dump(generate), encoding="utf-8")
+    group = {"group": "local_group", "task": ["local_truthfulqa_mc2", "local_answers"]}
+    (folder / "local_group.yaml").write_text(yaml.safe_dump(group), encoding="utf-8")
     return folder
 
 
@@ -99,8 +104,24 @@ def test_an_unknown_task_lists_close_names(in_tmp):
     assert not (in_tmp / "evals").exists() or not list((in_tmp / "evals").glob("*.json"))
 
 
+def test_a_task_asked_for_twice_through_its_group_is_refused_before_the_model_loads(task_folder, in_tmp):
+    result = evaluate("tiny-llama2", "--tasks", "local_group,local_answers", "--include-path", task_folder)
+    assert result.exit_code == 2
+    assert "Duplicate task 'local_answers'" in result.output and "Name a group or its tasks" in result.output
+    assert "loading tiny-llama2" not in result.output
+
+
 def test_a_missing_lm_eval_says_how_to_install_it(in_tmp, monkeypatch):
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # import lm_eval now raises ImportError
     result = evaluate("tiny-llama2", "--tasks", "truthfulqa_mc2")
     assert result.exit_code == 2
     assert "pip install 'posttrain[eval]'" in result.output
+
+
+def test_a_run_folder_is_evaluated_with_its_adapter(sft_run, task_folder, in_tmp):
+    args = ["--tasks", "local_truthfulqa_mc2", "--include-path", task_folder, "--limit", 1, "--output", "report.json"]
+    result = evaluate(sft_run, *args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((in_tmp / "report.json").read_text())
+    assert report["model"] == str(sft_run)
+    assert report["results"]["local_truthfulqa_mc2"]["metrics"]["acc"]["value"] == pytest.approx(1.0, abs=1e-6)

@@ -35,15 +35,17 @@ def harness_eval(
     """The report: per task its metrics (value and standard error), samples scored, and the settings."""
     from posttrain.models.loading import load_inference_tokenizer, load_run_model
 
+    tasks = list(dict.fromkeys(tasks))  # a name given twice is evaluated once
     check_settings(tasks, include_path, limit, num_fewshot, batch_size)
     lm_eval = import_lm_eval()
     load_inference_tokenizer(model_name, chat_template)  # a wrong MODEL fails before lm-eval indexes its tasks
-    logging.getLogger("lm_eval").setLevel(logging.ERROR)  # posttrain reports what lm-eval warns about itself
+    # lm-eval warns about choices made here on purpose (a model object instead of a name, shots overridden)
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
     echo(f"finding {len(tasks)} task(s) among lm-eval's" + (f" and {include_path}'s" if include_path else ""))
     from lm_eval.tasks import TaskManager
 
     manager = TaskManager(include_path=str(include_path) if include_path else None)
-    built = [build_task(manager, name) for name in tasks]
+    specs = build_tasks(manager, tasks)
     echo(f"loading {model_name}")
     model, tokenizer = load_run_model(model_name, chat_template=chat_template)
     from lm_eval.models.huggingface import HFLM
@@ -51,12 +53,12 @@ def harness_eval(
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     results = lm_eval.simple_evaluate(
         model=lm,
-        tasks=built,
+        tasks=specs,
         task_manager=manager,
         num_fewshot=num_fewshot,
         limit=limit,
         apply_chat_template=apply_chat_template,
-        fewshot_as_multiturn=apply_chat_template,  # few-shot examples as earlier chat turns, as chat models saw them
+        fewshot_as_multiturn=apply_chat_template,  # few-shot examples as earlier turns of the chat
         log_samples=False,
     )
     return {
@@ -106,6 +108,17 @@ def lm_eval_version() -> str:
     from importlib.metadata import version
 
     return version("lm_eval")
+
+
+def build_tasks(manager, names: list[str]) -> list:
+    """lm-eval's Task and Group objects for the names, their datasets fetched, before any model is loaded."""
+    built = [build_task(manager, name) for name in names]
+    specs = [item for task in built for item in (task if isinstance(task, list) else [task])]
+    try:
+        manager.load(specs)  # built objects are only gathered here: lm-eval's check that no task is asked for twice
+    except ValueError as err:
+        raise UserError(f"--tasks: {err}. Name a group or its tasks, not both.") from None
+    return specs
 
 
 def build_task(manager, name: str):
