@@ -47,7 +47,6 @@ def safety_eval(
     echo: Callable[[str], None] = print,
 ) -> dict:
     """The report: toxic share and mean sentiment with their intervals, overall and per group, and every reply."""
-    from posttrain.data.lengths import chat_length
     from posttrain.evaluation.toxicity import resolve_classifier, toxicity_probabilities
     from posttrain.evaluation.winrate import generate_replies
     from posttrain.models.loading import context_length, load_inference_tokenizer
@@ -57,30 +56,12 @@ def safety_eval(
     toxicity = resolve_classifier(classifier, toxic_label)
     ref, tokenizer = load_inference_tokenizer(model_name, chat_template)
     rows, prompts = read_safety_prompts(prompts_file, prompt_column, group_columns)
-    limit = context_length(ref) - settings.max_new_tokens
-    fits = [chat_length(tokenizer, chat(p), add_generation_prompt=True) <= limit for p in prompts]
-    kept = [p for p, fit in zip(prompts, fits, strict=True) if fit]
-    dropped = [p.where for p, fit in zip(prompts, fits, strict=True) if not fit]
-    if not kept:
-        raise UserError(
-            f"{prompts_file}: every prompt is longer than {limit} tokens (the model's context less --max-new-tokens "
-            f"{settings.max_new_tokens}). Lower --max-new-tokens or shorten them."
-        )
+    kept, dropped = split_by_length(prompts, tokenizer, context_length(ref), settings.max_new_tokens, prompts_file)
     replies = generate_replies(model_name, [chat(p) for p in kept], settings, seed, chat_template, batch_size, echo)
     echo(f"scoring {len(kept)} replies with {classifier} and VADER")
     probabilities = toxicity_probabilities(toxicity, [r.text for r in replies], batch_size)
     scored = [
-        {
-            "where": prompt.where,
-            "prompt": prompt.text,
-            "reply": reply.text,
-            "reply_tokens": reply.tokens,
-            "finished": reply.finished,
-            "groups": prompt.groups,
-            "toxicity": probability,
-            "toxic": probability > threshold,
-            "sentiment": analyzer.polarity_scores(sentiment_text(prompt.text, reply.text, sentiment_of))["compound"],
-        }
+        scored_reply(prompt, reply, probability > threshold, probability, analyzer, sentiment_of)
         for prompt, reply, probability in zip(kept, replies, probabilities, strict=True)
     ]
     overall, groups = aggregate(scored, group_columns, resamples, seed)
@@ -104,6 +85,35 @@ def safety_eval(
         "overall": overall,
         "groups": groups,
         "replies": scored,
+    }
+
+
+def split_by_length(prompts: list, tokenizer, context: int, max_new_tokens: int, source: str):
+    """(prompts that leave room for the reply, where each dropped one was); none left is an error."""
+    from posttrain.data.lengths import chat_length
+
+    limit = context - max_new_tokens
+    fits = [chat_length(tokenizer, chat(p), add_generation_prompt=True) <= limit for p in prompts]
+    kept = [p for p, fit in zip(prompts, fits, strict=True) if fit]
+    if not kept:
+        raise UserError(
+            f"{source}: every prompt is longer than {limit} tokens (the model's context less --max-new-tokens "
+            f"{max_new_tokens}). Lower --max-new-tokens or shorten them."
+        )
+    return kept, [p.where for p, fit in zip(prompts, fits, strict=True) if not fit]
+
+
+def scored_reply(prompt: SafetyPrompt, reply, toxic: bool, toxicity: float, analyzer, sentiment_of: str) -> dict:
+    return {
+        "where": prompt.where,
+        "prompt": prompt.text,
+        "reply": reply.text,
+        "reply_tokens": reply.tokens,
+        "finished": reply.finished,
+        "groups": prompt.groups,
+        "toxicity": toxicity,
+        "toxic": toxic,
+        "sentiment": analyzer.polarity_scores(sentiment_text(prompt.text, reply.text, sentiment_of))["compound"],
     }
 
 
