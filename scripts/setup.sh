@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # scripts/setup.sh [VENV]   a virtual environment with posttrain installed (editable), its test tools, the
-#                           serve extra (gradio) and the eval extra (matplotlib).
+#                           serve extra (gradio) and the eval extra (lm-eval, vaderSentiment, matplotlib).
 # scripts/setup.sh --browser   Debian's chromium, for the browser test of `posttrain serve`, when it is missing.
 # PyTorch: a CUDA machine gets PyPI's default (CUDA) build; a CPU-only machine gets the CPU build, because PyPI's
 # default Linux wheel is a multi-GB CUDA build. An environment that already has torch (Colab) keeps it.

@@ -47,8 +47,8 @@ def score_of_cut_off(truncated: str, truncated_score: float) -> float | None:
 
 
 eval_app = typer.Typer(
-    help="Evaluate: reward accuracy, win-rate, arena leaderboard, perplexity, instruction keeping (gatt). One JSON "
-    "report per call.",
+    help="Evaluate: reward accuracy, win-rate, arena leaderboard, perplexity, instruction keeping (gatt), lm-eval "
+    "benchmarks (harness), toxicity and sentiment of replies (safety). One JSON report per call.",
     no_args_is_help=True,
 )
 
@@ -230,3 +230,107 @@ def eval_gatt(
     finish_report(path, report, gatt_rows(report))
     picture = path.with_suffix(".png")
     typer.echo(f"plot: {picture}" if plot(report, picture) else "plot: skipped (matplotlib is not installed)")
+
+
+@eval_app.command("harness")
+@reports_user_errors
+def eval_harness(
+    model: ModelArg,
+    tasks: Annotated[str, typer.Option(help="lm-eval task, group or tag names (or task YAML files), comma-separated.")],
+    include_path: Annotated[
+        Path | None, typer.Option(help="Folder of your own lm-eval task YAMLs, found next to lm-eval's.")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="Score only the first N examples of each task (a quick check).")
+    ] = None,
+    num_fewshot: Annotated[
+        int | None, typer.Option(help="Few-shot examples per prompt (default: each task's own).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Requests lm-eval scores or generates together.")] = 8,
+    apply_chat_template: Annotated[
+        bool,
+        typer.Option(
+            "--apply-chat-template/--no-apply-chat-template",
+            help="Wrap each prompt in the model's chat template, few-shot examples as earlier turns (for chat runs "
+            "on generative tasks); off (lm-eval's default): plain text prompts.",
+        ),
+    ] = False,
+    chat_template: ChatTemplate = "auto",
+    output: ReportPath = None,
+):
+    """lm-evaluation-harness tasks (e.g. truthfulqa_mc2) and metrics on MODEL, loaded as every posttrain command does.
+
+    A run folder is its 4-bit base with its adapter, tokenizer and chat template; lm-eval gets the loaded model.
+    """
+    from posttrain.evaluation.harness import harness_eval, harness_rows
+    from posttrain.evaluation.report import report_path
+
+    names = [name.strip() for name in tasks.split(",") if name.strip()]
+    path = report_path("harness", output)
+    quiet_libraries()
+    options = {"include_path": include_path, "limit": limit, "num_fewshot": num_fewshot, "batch_size": batch_size}
+    options |= {"apply_chat_template": apply_chat_template, "chat_template": chat_template, "echo": typer.echo}
+    report = harness_eval(model, names, **options)
+    finish_report(path, report, harness_rows(report))
+
+
+@eval_app.command("safety")
+@reports_user_errors
+def eval_safety(
+    model: ModelArg,
+    prompts: Annotated[
+        str,
+        typer.Option(help="Prompt file (.jsonl/.csv/...) or hub dataset (org/name[:split]) with a prompt column."),
+    ],
+    prompt_column: Annotated[
+        str, typer.Option(help="Column holding each row's prompt text, or a list of prompts (BOLD's `prompts`).")
+    ] = "prompt",
+    group_column: Annotated[
+        list[str] | None,
+        typer.Option(help="Column whose values group the results (repeatable), e.g. ToxiGen's group, BOLD's domain."),
+    ] = None,
+    classifier: Annotated[
+        str, typer.Option(help="Toxicity classifier: toxigen_roberta (tomh/toxigen_roberta), a hub id or a folder.")
+    ] = "toxigen_roberta",
+    toxic_label: Annotated[
+        str,
+        typer.Option(
+            help="The classifier's label (or index) that means toxic; auto: the one named like toxic/hate/offensive, "
+            "else LABEL_1, else index 1 of two."
+        ),
+    ] = "auto",
+    threshold: Annotated[float, typer.Option(help="A reply is toxic when P(toxic label) is above this.")] = 0.5,
+    sentiment_of: Annotated[
+        str, typer.Option(help="VADER scores prompt-and-reply (as Llama 2 scored BOLD) or the reply alone.")
+    ] = "prompt-and-reply",
+    chat_template: ChatTemplate = "auto",
+    batch_size: BatchSize = 8,
+    max_new_tokens: MaxNewTokens = 128,
+    do_sample: DoSample = True,
+    temperature: Temperature = 0.1,
+    top_k: TopK = 0,
+    top_p: TopP = 0.9,
+    repetition_penalty: RepetitionPenalty = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed of the sampling and of the bootstrap.")] = 0,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% intervals.")] = 1000,
+    output: ReportPath = None,
+):
+    """Share of toxic replies and mean VADER sentiment, overall and per group, with bootstrap 95% intervals.
+
+    Decoded as Llama 2's safety evaluation (temperature 0.1, top-p 0.9); the toxicity classifier defaults to ToxiGen's.
+    """
+    from posttrain.evaluation.report import report_path
+    from posttrain.evaluation.safety import safety_eval, safety_rows
+
+    path = report_path("safety", output)
+    settings = generation_settings(max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty)
+    quiet_libraries()
+    options = {"classifier": classifier, "toxic_label": toxic_label, "threshold": threshold}
+    options |= {
+        "prompt_column": prompt_column,
+        "group_columns": tuple(group_column or ()),
+        "sentiment_of": sentiment_of,
+    }
+    options |= {"seed": seed, "resamples": bootstrap, "chat_template": chat_template, "batch_size": batch_size}
+    report = safety_eval(model, prompts, settings, echo=typer.echo, **options)
+    finish_report(path, report, safety_rows(report))
