@@ -731,6 +731,9 @@ KTO_GRPO = dict(
 )
 
 
+# 07 lives in its own module; imported here, after md, py, PLAN_MD and sft_run_needed that it takes from this one.
+from stages_gatt_distill import GATT_DISTILL  # noqa: E402
+
 NOTEBOOKS = {
     "01_sft.ipynb": SFT,
     "02_reward_rs_ppo.ipynb": REWARD_RS_PPO,
@@ -738,4 +741,5 @@ NOTEBOOKS = {
     "04_orpo.ipynb": ORPO,
     "05_chat_merge.ipynb": CHAT_MERGE,
     "06_kto_grpo.ipynb": KTO_GRPO,
+    "07_gatt_distill.ipynb": GATT_DISTILL,
 }

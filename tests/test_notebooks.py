@@ -19,6 +19,14 @@ PRODUCES = {
     "04_orpo.ipynb": ["runs/tiny-orpo", "replies/base.jsonl", "replies/orpo.jsonl"],
     "05_chat_merge.ipynb": ["runs/tiny-sft", "replies/run.jsonl", "models/tiny-sft-merged/model.safetensors"],
     "06_kto_grpo.ipynb": ["runs/tiny-sft", "runs/tiny-reward", "runs/tiny-kto", "runs/tiny-grpo", "replies/grpo.jsonl"],
+    "07_gatt_distill.ipynb": [
+        "runs/tiny-sft",
+        "runs/tiny-reward",
+        "runs/tiny-gatt",
+        "runs/tiny-distill",
+        "evals/gatt-sft.json",
+        "evals/gatt-gatt.json",
+    ],
 }
 
 
