@@ -102,3 +102,18 @@ def test_a_missing_or_wrong_reward_run_exits_2(tmp_path, sft_run, reward, messag
     result = CliRunner().invoke(app, ["distill", str(distill_recipe(tmp_path, run))])
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     assert message in result.output
+
+
+@pytest.mark.parametrize(
+    ("section", "says"),
+    [
+        ({}, "raise it, or set distill.keep_cut_off: true."),
+        ({"keep_cut_off": True}, "or set distill.truncated: append_eos, or distill.keep: all."),
+        ({"keep_cut_off": True, "truncated": "append_eos"}, "No preprompted answer scored above the original"),
+    ],
+)
+def test_a_build_that_kept_nothing_says_which_key_to_change(tmp_path, reward_run, section, says):
+    from posttrain.recipe import load_recipe
+    from posttrain.rl.context_distillation import why_none_kept
+
+    assert says in why_none_kept(load_recipe(str(distill_recipe(tmp_path, reward_run, **section))))

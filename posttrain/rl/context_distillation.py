@@ -126,12 +126,28 @@ def fine_tune(stage: Stage, rows: list[dict], data_name: str, extra_metrics: dic
     from posttrain.methods.trl_backed import train_and_finish, trl_config, trl_trainer
 
     if not rows:
-        method = stage.recipe.method
         raise UserError(
-            f"{method}: no example was kept, so there is nothing to fine-tune on (see {stage.run.built}). Replies cut "
-            f"off at {method}.max_new_tokens are left out: raise it, or set {method}.keep_cut_off: true."
+            f"{stage.recipe.method}: no example was kept, so there is nothing to fine-tune on (see {stage.run.built}). "
+            + why_none_kept(stage.recipe)
         )
     sft_stage = replace(stage, data=PreparedData(data_name, rows))
     trainer = trl_trainer(SFTTrainer, trl_config(SFTConfig, sft_stage), sft_stage)
     resume = resume and stage.run.latest_checkpoint() is not None  # built data but no SFT checkpoint: start the SFT
     return train_and_finish(sft_stage, trainer, resume=resume, extra_metrics=lambda: extra_metrics)
+
+
+def why_none_kept(recipe) -> str:
+    """What to change in the recipe when building kept no example."""
+    method = recipe.method
+    section = getattr(recipe, method)
+    if not section.keep_cut_off:
+        return f"Replies cut off at {method}.max_new_tokens are left out: raise it, or set {method}.keep_cut_off: true."
+    if section.truncated == "fixed_score":
+        hint = (
+            f"Cut-off replies score {method}.truncated_score ({section.truncated_score}) under {method}.truncated: "
+            f"fixed_score: raise {method}.max_new_tokens, or set {method}.truncated: append_eos"
+        )
+        return hint + (f", or {method}.keep: all." if method == "distill" else ".")
+    if method == "distill":
+        return "No preprompted answer scored above the original: set distill.keep: all, or give a stronger preprompt."
+    return "See the built rows for why."
