@@ -77,6 +77,20 @@ def test_the_built_dialogue_shows_the_instruction_once_and_trains_only_the_last_
     assert SHOWN[template, other] not in text
 
 
+@pytest.mark.parametrize("keep_cut_off", [False, True])
+def test_a_dialogue_whose_every_last_reply_was_cut_off_is_kept_only_when_asked(keep_cut_off):
+    from types import SimpleNamespace
+
+    from posttrain.methods import gatt
+
+    section = SimpleNamespace(keep_cut_off=keep_cut_off, missing_eos_penalty=1.0, instruction_in="system")
+    dialogue = DIALOGUE | {"instruction": INSTRUCTION, "families": "figure"}
+    candidates = [{"response": text, "score": score, "finished": False} for text, score in (("Bees", 0.1), ("Hm", 2.0))]
+    record = gatt.record_of(dialogue, REPLIES, candidates, section)
+    assert record["kept"] is keep_cut_off
+    assert record["messages"][-1]["content"] == ("Hm" if keep_cut_off else "Bees")  # the best, or one shown as is
+
+
 def test_sampling_puts_the_instruction_on_every_user_turn():
     from posttrain.methods.gatt import sampled_context
 

@@ -136,9 +136,11 @@ def build_dialogues(sampler: Sampler, dialogues: list[dict], s) -> list[dict]:
 def record_of(dialogue: dict, replies: list[str], candidates: list[dict], s) -> dict:
     """A built dialogue: its best finished last reply is trained on; with none finished it is left out (SFT would
     teach stopping mid-sentence) unless gatt.keep_cut_off says to keep it."""
-    finished = [c for c in candidates if c["finished"] or s.keep_cut_off]
-    best = max(finished, key=lambda c: (c["score"] or 0.0) - s.missing_eos_penalty * (not c["finished"]))
-    best = best if finished else candidates[0]
+    usable = [c for c in candidates if c["finished"] or s.keep_cut_off]
+    if usable:
+        best = max(usable, key=lambda c: (c["score"] or 0.0) - s.missing_eos_penalty * (not c["finished"]))
+    else:
+        best = candidates[0]  # recorded for the reader, not trained on
     turns = len(dialogue["turns"])
     return {
         "instruction": dialogue["instruction"],
@@ -149,7 +151,7 @@ def record_of(dialogue: dict, replies: list[str], candidates: list[dict], s) -> 
         + [{"role": "assistant", "content": best["response"]}],
         "trained_turn": turns,  # the assistant turn the loss falls on (1-based): the last
         "candidates": candidates,
-        "kept": bool(finished),
+        "kept": bool(usable),
         "kept_score": best["score"],
     }
 
