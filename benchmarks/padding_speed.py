@@ -52,12 +52,13 @@ def step(batch):
 
 
 times = {"padded": [], "padding_free": []}
-real = []
+real, slots = [], []  # real tokens, and the tokens a padded batch holds (rows x its longest row)
 step(padded(batches[0]))
 step(free(batches[0]))  # warm-up
 load = [os.getloadavg()]
 for n, b in enumerate(batches):
     real.append(sum(len(f["input_ids"]) for f in b))
+    slots.append(len(b) * max(len(f["input_ids"]) for f in b))
     pair = [("padded", padded), ("padding_free", free)] if n % 2 == 0 else [("padding_free", free), ("padded", padded)]
     for name, collate in pair:
         times[name].append(step(collate(b)))
@@ -70,6 +71,7 @@ res = {
 res["speedup_real_tokens_per_s"] = round(sum(times["padded"]) / sum(times["padding_free"]), 2)
 res["batches"] = len(batches)
 res["real_tokens_per_batch"] = round(sum(real) / len(real), 1)
+res["padding_fraction_padded"] = round(1 - sum(real) / sum(slots), 3)  # padding-free batches hold none
 res["load"] = load
 print(json.dumps(res))
 (Path(__file__).parent / "results" / "padding_speed.json").write_text(json.dumps(res, indent=2) + "\n")
