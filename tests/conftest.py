@@ -29,6 +29,21 @@ def tiny_model():
 
 
 @pytest.fixture
+def other_tokenizer_model(tiny_model, tmp_path):
+    """tiny-llama2 with two tokens added: a model a tiny-llama2 reward run must refuse to judge."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    other = tmp_path / "other-tokenizer-model"
+    shutil.copytree(tiny_model.base, other)
+    tokenizer = AutoTokenizer.from_pretrained(other)
+    tokenizer.add_tokens(["<|im_start|>", "<|im_end|>"])
+    tokenizer.save_pretrained(other)
+    return other
+
+
+@pytest.fixture
 def write_recipe(tmp_path):
     """Write a small SFT recipe on tiny-llama2 (keys overridable) and return its path."""
 

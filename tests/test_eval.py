@@ -131,14 +131,8 @@ def test_winrate_refuses_an_unknown_truncation_rule(sft_run, reward_run, in_tmp)
     assert result.exit_code == 2 and "--truncated drop is not a choice" in result.output
 
 
-def test_a_judge_on_another_tokenizer_is_refused(tiny_model, reward_run, tmp_path):
-    from transformers import AutoTokenizer
-
-    other = tmp_path / "other-tokenizer-model"
-    shutil.copytree(tiny_model.base, other)
-    tokenizer = AutoTokenizer.from_pretrained(other)
-    tokenizer.add_tokens(["<|im_start|>", "<|im_end|>"])
-    tokenizer.save_pretrained(other)
+def test_a_judge_on_another_tokenizer_is_refused(other_tokenizer_model, reward_run):
+    other = other_tokenizer_model
     result = evaluate("winrate", other, "tiny-llama2", "--prompts", "builtin:pirate_prompts", "--judge", reward_run)
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert (
