@@ -18,17 +18,17 @@ def test_the_run_reports_the_heldout_check_in_metrics(rl_recipe, tmp_path, metho
     result = CliRunner().invoke(app, [method, str(rl_recipe(method))])  # eval_prompts: builtin:pirate_heldout
     assert result.exit_code == 0, result.output
     heldout = json.loads((tmp_path / method / "metrics.json").read_text())["heldout"]
-    assert heldout["prompts"] == 30 and heldout["max_new_tokens"] == 8
+    assert heldout["prompts"] == 120 and heldout["max_new_tokens"] == 8
     low, high = heldout["win_rate_ci95"]
     assert 0 <= low <= heldout["win_rate"] <= high <= 1
-    assert sum(heldout["wins_losses_ties"]) == 30
+    assert sum(heldout["wins_losses_ties"]) == 120
     for model in ("start", "trained"):
         assert set(heldout[model]) == PER_MODEL
         assert 0 <= heldout[model]["cut_off"] <= 1 and 0 < heldout[model]["mean_tokens"] <= 8
         assert heldout[model]["perplexity"] > 1
     assert (heldout["final_kl"] is None) == (method == "rs")  # rs measures no KL while training
     assert len(heldout["examples"]) == 3
-    assert "held-out    30 prompts, greedy: win rate" in result.output
+    assert "held-out    120 prompts, greedy: win rate" in result.output
 
 
 def test_heldout_prompts_that_are_also_training_prompts_are_left_out(rl_recipe):
@@ -36,7 +36,7 @@ def test_heldout_prompts_that_are_also_training_prompts_are_left_out(rl_recipe):
     recipe = load_recipe(str(path), ["data.train=builtin:pirate_heldout"])
     stage = ppo.prepare(recipe)
     assert stage.data.heldout == []
-    assert "held-out    0 prompts from builtin:pirate_heldout (30 also training prompts: left out)" in "\n".join(
+    assert "held-out    0 prompts from builtin:pirate_heldout (120 also training prompts: left out)" in "\n".join(
         stage.details
     )
 

@@ -110,6 +110,6 @@ def heldout_rows(report: dict) -> list[str]:
         fluency = "n/a" if part["perplexity"] is None else f"{part['perplexity']:.2f}"
         lines.append(
             f"  {role:<8}  score {part['mean_score']:.3f}, base-model perplexity {fluency}, "
-            f"{part['mean_tokens']:.1f} tokens, {part['cut_off']:.0%} cut off"
+            f"{part['mean_tokens']:.1f} tokens, {round(part['cut_off'] * report['prompts'])} cut off"
         )
     return lines
