@@ -236,6 +236,16 @@ class PPOSection(SamplingSection):
         metadata=_help("first steps that fit only the value network (it starts on the reward run's scale)"),
     )
     whiten_rewards: bool = field(default=True, metadata=_help("whiten the scores per batch (Llama 2)"))
+    ptx_coef: float = field(
+        default=0.0,
+        metadata=_help(
+            "InstructGPT's PPO-ptx: weight of the policy's NLL of ptx_data's answers, added to every policy update "
+            "(0: off)"
+        ),
+    )
+    ptx_data: str | None = field(
+        default=None, metadata=_help("with ptx_coef: conversations (SFT data) whose last assistant turns stay likely")
+    )
     max_grad_norm: float = field(default=1.0, metadata=_help("gradient clipping"))
     activation_checkpointing: bool = field(
         default=True, metadata=_help("recompute each layer in the backward pass: less memory, slower optimisation")
@@ -257,6 +267,13 @@ class PPOSection(SamplingSection):
             raise UserError(
                 f"ppo.value_warmup_steps must be at least 0 and below ppo.steps ({self.steps}), got "
                 f"{self.value_warmup_steps}: the policy must be updated at least once."
+            )
+        if self.ptx_coef < 0:
+            raise UserError(f"ppo.ptx_coef must be at least 0 (0: off), got {self.ptx_coef}.")
+        if self.ptx_coef and not self.ptx_data:
+            raise UserError(
+                "ppo.ptx_coef is set but ppo.ptx_data is not: name the conversations whose answers the ptx loss keeps "
+                "likely (the SFT data, e.g. builtin:pirate_sft), or set ppo.ptx_coef: 0."
             )
         if self.kl_horizon < 1:
             raise UserError(f"ppo.kl_horizon must be at least 1 response, got {self.kl_horizon}.")

@@ -181,8 +181,8 @@ def ppo_trainer():
         start_run(stage, resume=False, overwrite=True)
         shared = ppo.build_shared_model(stage)
         accelerator = accelerator or Accelerator(cpu=True)
-        prompts = stage.data.prompts
-        return PPOTrainer(shared, stage.tokenizer, prompts, recipe.ppo, stage.run, accelerator, lambda _: None)
+        prompts, ptx = stage.data.prompts, stage.data.ptx
+        return PPOTrainer(shared, stage.tokenizer, prompts, recipe.ppo, stage.run, accelerator, lambda _: None, ptx)
 
     return build
 

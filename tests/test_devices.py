@@ -72,7 +72,8 @@ def test_response_bookkeeping_stays_on_the_device_of_the_responses():
 
 
 def test_a_ppo_step_makes_every_tensor_on_its_device(rl_recipe, ppo_trainer):
-    trainer = ppo_trainer(rl_recipe("ppo", batch_size=2, mini_batch_size=1))
+    ptx = {"ptx_coef": 0.5, "ptx_data": "builtin:pirate_sft"}  # PPO-ptx's batches too
+    trainer = ppo_trainer(rl_recipe("ppo", batch_size=2, mini_batch_size=1, **ptx))
     with DeviceTrap():
         history = trainer.train()
     assert len(history) == 1

@@ -24,7 +24,13 @@ def prepare(recipe: Recipe, echo: Callable[[str], None] = print) -> Stage:
         f"kl_beta {s.kl_beta}"
         + (f" adapting to a KL of {s.kl_target} (horizon {s.kl_horizon})" if s.kl_target is not None else "")
         + f", max_new_tokens {s.max_new_tokens}"
+        + (f", ptx_coef {s.ptx_coef}" if s.ptx_coef else "")
     )
+    if s.ptx_coef:
+        from posttrain.rl.ptx import read_ptx
+
+        stage.data.ptx, line = read_ptx(s.ptx_data, stage.tokenizer, recipe.data.max_length)
+        stage.details.append(line)
     return stage
 
 
@@ -52,7 +58,9 @@ def train(stage: Stage, *, resume: bool, echo: Callable[[str], None] = print) ->
     mixed = {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}[stage.precision]
     accelerator = Accelerator(mixed_precision=mixed, cpu=stage.hardware.device == "cpu")
     shared = build_shared_model(stage)
-    trainer = PPOTrainer(shared, stage.tokenizer, stage.data.prompts, stage.recipe.ppo, stage.run, accelerator, echo)
+    trainer = PPOTrainer(
+        shared, stage.tokenizer, stage.data.prompts, stage.recipe.ppo, stage.run, accelerator, echo, stage.data.ptx
+    )
     if resume:
         trainer.load_checkpoint(stage.run.resume_from(accelerator.is_main_process))
     if stage.before_train is not None:

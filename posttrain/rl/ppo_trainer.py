@@ -21,6 +21,7 @@ from posttrain.rl.ppo_math import (
     entropy,
     gae,
     kl_shaped_rewards,
+    masked_mean,
     policy_loss,
     value_loss,
     whiten,
@@ -28,6 +29,8 @@ from posttrain.rl.ppo_math import (
 from posttrain.rl.sampling import reward_scores, sample
 from posttrain.rl.shared_model import POLICY
 from posttrain.runs import stopping
+
+PPO_STATS = ("policy_loss", "value_loss", "clip_fraction", "entropy")  # per optimiser step, averaged per PPO step
 
 
 @dataclass
@@ -55,9 +58,10 @@ def response_logprobs(logits: torch.Tensor, batch: dict, query_length: int, temp
 
 
 class PPOTrainer:
-    def __init__(self, model, tokenizer, prompts: list[dict], settings, run, accelerator, echo=print):
+    def __init__(self, model, tokenizer, prompts: list[dict], settings, run, accelerator, echo=print, ptx=()):
         self.accelerator = accelerator
         self.settings, self.run, self.tokenizer, self.prompts, self.echo = settings, run, tokenizer, prompts, echo
+        self.ptx = list(ptx)  # PPO-ptx's conversations (posttrain/rl/ptx.py); empty: no ptx loss
         self.roles = ["helpfulness", "safety"] if isinstance(settings.reward, dict) else ["reward"]
         trainable = [p for p in model.parameters() if p.requires_grad]
         self.policy_params = [p for n, p in model.named_parameters() if p.requires_grad and f".{POLICY}." in n]
@@ -131,7 +135,8 @@ class PPOTrainer:
         """Epochs of clipped policy and value updates; during the value warm-up the value network alone."""
         s = self.settings
         warming_up = step < s.value_warmup_steps
-        stats = {"policy_loss": [], "value_loss": [], "clip_fraction": [], "entropy": []}
+        ptx = bool(self.ptx) and not warming_up
+        stats = {key: [] for key in PPO_STATS + (("ptx_loss",) if ptx else ())}
         generator = torch.Generator().manual_seed(s.seed * 7_919 + step)
         size = rollout.response_mask.shape[0]
         for _ in range(s.ppo_epochs):
@@ -147,7 +152,12 @@ class PPOTrainer:
                 vf = value_loss(values, rollout.values[chunk], rollout.returns[chunk], mask, s.value_clip_range)
                 # The warm-up keeps pg in the graph at weight 0, so that every process still reduces a gradient
                 # for every parameter (DDP), then drops the policy's: AdamW leaves a parameter with no gradient be.
-                self.accelerator.backward((0.0 if warming_up else 1.0) * pg + s.value_loss_coef * vf)
+                loss = (0.0 if warming_up else 1.0) * pg + s.value_loss_coef * vf
+                if ptx:
+                    nll = self.ptx_loss(generator)
+                    stats["ptx_loss"].append(nll.item())
+                    loss = loss + s.ptx_coef * nll
+                self.accelerator.backward(loss)
                 if warming_up:
                     for param in self.policy_params:
                         param.grad = None
@@ -157,9 +167,18 @@ class PPOTrainer:
                 self.optimizer.zero_grad()
                 with torch.no_grad():
                     ent = entropy(logits[:, rollout.query_length - 1 : -1] / s.temperature, mask)
-                for key, value in zip(stats, (pg, vf, clipped, ent), strict=True):
+                for key, value in zip(PPO_STATS, (pg, vf, clipped, ent), strict=True):
                     stats[key].append(value.item())
         return {key: sum(v) / len(v) for key, v in stats.items()}
+
+    def ptx_loss(self, generator: torch.Generator) -> torch.Tensor:
+        """The policy's mean NLL per token of a mini-batch of ptx answers, drawn with the step's generator."""
+        from posttrain.rl.ptx import ptx_batch
+
+        picks = torch.randint(len(self.ptx), (self.settings.mini_batch_size,), generator=generator).tolist()
+        batch, query_length, mask = ptx_batch(self.tokenizer, [self.ptx[i] for i in picks], self.accelerator.device)
+        logits, _ = self.model(**batch)
+        return -masked_mean(response_logprobs(logits, batch, query_length, 1.0), mask)
 
     # ------------------------------------------------------------ the loop
 
@@ -181,6 +200,7 @@ class PPOTrainer:
                     f"step {step + 1}/{s.steps}: score {record['score']:.3f}, kl {record['kl']:.3f} "
                     f"(kl_beta {record['kl_beta']:.4f}), entropy {record['entropy']:.2f}, "
                     f"response {record['response_length']:.1f} tokens"
+                    + (f", ptx loss {record['ptx_loss']:.3f}" if "ptx_loss" in record else "")
                     + ("" if record["policy_updated"] else " (value warm-up: policy not updated)")
                 )
                 self._write_samples(step, rollout)

@@ -16,12 +16,13 @@ from posttrain.recipe import Recipe
 
 @dataclass
 class RLInputs:
-    """A ppo or rs stage's data: the prompts, the adapter folder of each reward run by role, and the held-out prompts
-    (chats) of the check at the end."""
+    """A ppo or rs stage's data: the prompts, the adapter folder of each reward run by role, the held-out prompts
+    (chats) of the check at the end, and PPO-ptx's conversations (posttrain/rl/ptx.py)."""
 
     prompts: list[dict]
     rewards: dict[str, Path]
     heldout: list[list[dict]] = field(default_factory=list)
+    ptx: list[dict] = field(default_factory=list)
 
 
 def reward_runs(spec: str | dict[str, str]) -> dict[str, str]:
