@@ -75,6 +75,16 @@ def test_dpo_in_two_processes_continues_the_sft_run(tmp_path, write_recipe, sft_
     assert not (tmp_path / "run" / "adapter" / "ref").exists()  # DPO's frozen reference copy is not the result
 
 
+def test_ppo_with_ptx_in_two_processes(tmp_path, rl_recipe):
+    # PPO-ptx runs a second forward of the shared model before the backward: DDP must reduce both
+    recipe = rl_recipe("ppo", steps=2, ptx_coef=0.5, ptx_data="builtin:pirate_sft", eval_prompts=None)
+    done = train_in_two_processes("ppo", recipe)
+    assert done.stdout.count("done: run folder") == 1
+    steps = json.loads((tmp_path / "ppo" / "metrics.json").read_text())["steps"]
+    assert [step["step"] for step in steps] == [1, 2] and all(math.isfinite(step["ptx_loss"]) for step in steps)
+    assert (tmp_path / "ppo" / "adapter" / "adapter_model.safetensors").is_file()
+
+
 def test_dry_run_checks_here_and_shows_the_launch(tmp_path, write_recipe, outside_launch):
     result = CliRunner().invoke(app, ["sft", str(write_recipe()), "--num-processes", "2", "--dry-run"])
     assert result.exit_code == 0, result.output
