@@ -14,6 +14,7 @@ from posttrain.data.formats import normalise
 from posttrain.data.sources import read_rows
 from posttrain.errors import UserError
 from posttrain.inference.generation import encode_chats
+from posttrain.rl.sampling import sequence_batch
 
 
 def read_ptx(source: str, tokenizer, max_length: int) -> tuple[list[dict], str]:
@@ -65,10 +66,7 @@ def ptx_batch(tokenizer, examples: list[dict], device) -> tuple[dict, int, torch
     width = max(map(len, answers))
     ids = torch.tensor([a + [tokenizer.pad_token_id] * (width - len(a)) for a in answers], device=device)
     mask = torch.tensor([[1] * len(a) + [0] * (width - len(a)) for a in answers], device=device)
-    attention = torch.cat([query["attention_mask"], mask], dim=1)
-    batch = {
-        "input_ids": torch.cat([query["input_ids"], ids], dim=1),
-        "attention_mask": attention,
-        "position_ids": (attention.cumsum(dim=1) - 1).clamp(min=0),
-    }
+    batch = sequence_batch(
+        torch.cat([query["input_ids"], ids], dim=1), torch.cat([query["attention_mask"], mask], dim=1)
+    )
     return batch, query["input_ids"].shape[1], mask.float()

@@ -53,6 +53,12 @@ def template_ending(tokenizer) -> list[int]:
     return ids[len(ids) - ids[::-1].index(tokenizer.eos_token_id) :]
 
 
+def sequence_batch(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
+    """What the networks read of left-padded sequences: ids, mask, and positions counted from the first real token."""
+    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+
+
 def scoring_batch(samples: Samples, endings: list[list[int]], pad_id: int) -> tuple[dict, torch.Tensor]:
     """The sequences with each one's `endings` tokens placed right after its last response token, and the position
     of each one's final token (where the reward runs read their scores)."""
@@ -66,11 +72,7 @@ def scoring_batch(samples: Samples, endings: list[list[int]], pad_id: int) -> tu
             ids[row, length : length + len(ending)] = torch.tensor(ending, device=ids.device)
             mask[row, length : length + len(ending)] = 1
     attention = torch.cat([samples.batch["attention_mask"][:, :q], mask], dim=1)
-    batch = {
-        "input_ids": torch.cat([samples.batch["input_ids"][:, :q], ids], dim=1),
-        "attention_mask": attention,
-        "position_ids": (attention.cumsum(dim=1) - 1).clamp(min=0),
-    }
+    batch = sequence_batch(torch.cat([samples.batch["input_ids"][:, :q], ids], dim=1), attention)
     added = torch.tensor([len(ending) for ending in endings], device=ids.device)
     return batch, q + lengths + added - 1
 
@@ -100,11 +102,7 @@ def samples_of(output: torch.Tensor, query, tokenizer, rows: list[dict], setting
     response_mask, has_eos = response_mask_of(responses, tokenizer.eos_token_id)
     responses = responses.masked_fill(response_mask == 0, tokenizer.pad_token_id)
     attention = torch.cat([query["attention_mask"].repeat_interleave(per_prompt, dim=0), response_mask], dim=1)
-    batch = {
-        "input_ids": torch.cat([output[:, :query_length], responses], dim=1),
-        "attention_mask": attention,
-        "position_ids": (attention.cumsum(dim=1) - 1).clamp(min=0),
-    }
+    batch = sequence_batch(torch.cat([output[:, :query_length], responses], dim=1), attention)
     samples = Samples(
         batch,
         query_length,
