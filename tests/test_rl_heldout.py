@@ -27,8 +27,18 @@ def test_the_run_reports_the_heldout_check_in_metrics(rl_recipe, tmp_path, metho
         assert 0 <= heldout[model]["cut_off"] <= 1 and 0 < heldout[model]["mean_tokens"] <= 8
         assert heldout[model]["perplexity"] > 1
     assert (heldout["final_kl"] is None) == (method == "rs")  # rs measures no KL while training
-    assert len(heldout["examples"]) == 3
+    assert len(heldout["examples"]) == 3 and "answers" not in heldout
     assert "held-out    120 prompts, greedy: win rate" in result.output
+
+    # every prompt's pair, in heldout.jsonl: the summary is made of these rows
+    rows = [json.loads(line) for line in (tmp_path / method / "heldout.jsonl").read_text().splitlines()]
+    assert [row["prompt"] for row in rows[:3]] == [example["prompt"] for example in heldout["examples"]]
+    outcomes = [[row["winner"] for row in rows].count(who) for who in ("trained", "start", "tie")]
+    assert outcomes == heldout["wins_losses_ties"]
+    for model in ("start", "trained"):
+        scores = [row[f"{model}_score"] for row in rows]
+        assert sum(scores) / 120 == pytest.approx(heldout[model]["mean_score"])
+        assert all(row[f"{model}_perplexity"] is None or row[f"{model}_perplexity"] > 1 for row in rows)
 
 
 def test_heldout_prompts_that_are_also_training_prompts_are_left_out(rl_recipe):

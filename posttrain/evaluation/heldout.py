@@ -48,8 +48,19 @@ def heldout_report(
     pairs = judge_pairs(judge, prompts, replies["trained"], replies["start"], 0.0, truncated_score)
     values = [OUTCOME_VALUE[pair["winner"]] for pair in pairs]
     texts = {role: [reply.text for reply in replies[role]] for role in replies}
-    perplexities = answer_perplexities(base, texts, quantization)
+    nlls = answer_nlls(base, texts, quantization)
+    perplexities = {role: perplexity(nlls[role]) for role in nlls}
     winners = [pair["winner"] for pair in pairs]
+    answers = [
+        {
+            "prompt": pair["prompt"][-1]["content"],
+            **{role: pair[f"reply_{side}"] for role, side in (("start", "b"), ("trained", "a"))},
+            "winner": {"a": "trained", "b": "start", "tie": "tie"}[pair["winner"]],
+            **{f"{role}_score": pair[f"score_{side}"] for role, side in (("start", "b"), ("trained", "a"))},
+            **{f"{role}_perplexity": perplexity([nlls[role][index]]) for role in ("start", "trained")},
+        }
+        for index, pair in enumerate(pairs)
+    ]
     return {
         "prompts": len(prompts),
         "max_new_tokens": max_new_tokens,
@@ -60,10 +71,8 @@ def heldout_report(
             role: answer_summary(replies[role], [pair[f"score_{side}"] for pair in pairs], perplexities[role])
             for role, side in (("trained", "a"), ("start", "b"))
         },
-        "examples": [
-            {"prompt": pair["prompt"][-1]["content"], "start": pair["reply_b"], "trained": pair["reply_a"]}
-            for pair in pairs[:3]
-        ],
+        "examples": [{key: answer[key] for key in ("prompt", "start", "trained")} for answer in answers[:3]],
+        "answers": answers,  # every prompt's pair; the run writes them to heldout.jsonl, not metrics.json
     }
 
 
@@ -76,25 +85,28 @@ def answer_summary(replies: list[Reply], scores: list[float], perplexity: float 
     }
 
 
-def answer_perplexities(base: str, texts: dict[str, list[str]], quantization: str) -> dict[str, float | None]:
-    """Per set of answers, the base model's perplexity of their text (each answer alone, no prompt or template):
-    fluent text scores low, garbled text high. None for a set with nothing to predict (every answer empty)."""
+def answer_nlls(base: str, texts: dict[str, list[str]], quantization: str) -> dict[str, list[tuple[float, int]]]:
+    """Per set of answers, the base model's summed negative log-likelihood of each answer's text and the number of
+    tokens it scored (each answer alone, no prompt or template): fluent text scores low, garbled text high."""
     import gc
 
     from posttrain.evaluation.perplexity import sliding_window_nll
     from posttrain.models.loading import load_run_model
 
     model, tokenizer = load_run_model(base, quantization=quantization)
-    result = {}
-    for role, answers in texts.items():
-        total, tokens = 0.0, 0
-        for text in answers:
-            nll, scored = sliding_window_nll(model, tokenizer(text)["input_ids"], window=1024, stride=512)
-            total, tokens = total + nll, tokens + scored
-        result[role] = math.exp(total / tokens) if tokens else None
+    result = {
+        role: [sliding_window_nll(model, tokenizer(text)["input_ids"], window=1024, stride=512) for text in answers]
+        for role, answers in texts.items()
+    }
     del model
     gc.collect()
     return result
+
+
+def perplexity(nlls: list[tuple[float, int]]) -> float | None:
+    """exp(NLL per token) over the answers; None with nothing to predict (every answer empty)."""
+    tokens = sum(scored for _, scored in nlls)
+    return math.exp(sum(nll for nll, _ in nlls) / tokens) if tokens else None
 
 
 def heldout_rows(report: dict) -> list[str]:

@@ -3,6 +3,7 @@ the prompts that leave room for a response, the plan lines, and the one 4-bit ba
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +112,9 @@ def heldout_prompts(recipe: Recipe, tokenizer, prompt_room: int, train: list[dic
     return kept, f"held-out    {len(kept)} prompts from {source}{note}, checked at the end"
 
 
+HELDOUT_ANSWERS = "heldout.jsonl"  # in the run folder: one line per held-out prompt
+
+
 def heldout_check(stage: Stage, final_kl: float | None, echo: Callable[[str], None]) -> dict | None:
     """The held-out report of a finished ppo or rs run (its adapter/ saved): the trained model against the one it
     started from, on stage.data.heldout; None when there are no held-out prompts."""
@@ -134,6 +138,10 @@ def heldout_check(stage: Stage, final_kl: float | None, echo: Callable[[str], No
         echo=echo,
     )
     report["final_kl"] = final_kl  # per response, summed over its tokens (ppo's last step; rs measures none)
+    answers = report.pop("answers")
+    lines = (json.dumps(answer, ensure_ascii=False) + "\n" for answer in answers)
+    (stage.run.path / HELDOUT_ANSWERS).write_text("".join(lines), encoding="utf-8")
+    echo(f"held-out answers of both models, their scores and perplexities: {stage.run.path / HELDOUT_ANSWERS}")
     for line in heldout_rows(report):
         echo(line)
     return report
