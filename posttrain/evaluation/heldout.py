@@ -17,6 +17,7 @@ from collections.abc import Callable
 from posttrain.inference.generation import GenerationSettings, Reply
 
 RESAMPLES = 1000
+SIDES = {"trained": "a", "start": "b"}  # each model's side in judge_pairs' pairs
 
 
 def heldout_report(
@@ -54,10 +55,10 @@ def heldout_report(
     answers = [
         {
             "prompt": pair["prompt"][-1]["content"],
-            **{role: pair[f"reply_{side}"] for role, side in (("start", "b"), ("trained", "a"))},
+            **{role: pair[f"reply_{side}"] for role, side in SIDES.items()},
             "winner": {"a": "trained", "b": "start", "tie": "tie"}[pair["winner"]],
-            **{f"{role}_score": pair[f"score_{side}"] for role, side in (("start", "b"), ("trained", "a"))},
-            **{f"{role}_perplexity": perplexity([nlls[role][index]]) for role in ("start", "trained")},
+            **{f"{role}_score": pair[f"score_{side}"] for role, side in SIDES.items()},
+            **{f"{role}_perplexity": perplexity([nlls[role][index]]) for role in SIDES},
         }
         for index, pair in enumerate(pairs)
     ]
@@ -69,7 +70,7 @@ def heldout_report(
         "wins_losses_ties": [winners.count("a"), winners.count("b"), winners.count("tie")],
         **{
             role: answer_summary(replies[role], [pair[f"score_{side}"] for pair in pairs], perplexities[role])
-            for role, side in (("trained", "a"), ("start", "b"))
+            for role, side in SIDES.items()
         },
         "examples": [{key: answer[key] for key in ("prompt", "start", "trained")} for answer in answers[:3]],
         "answers": answers,  # every prompt's pair; the run writes them to heldout.jsonl, not metrics.json

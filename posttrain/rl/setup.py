@@ -3,7 +3,6 @@ the prompts that leave room for a response, the plan lines, and the one 4-bit ba
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +12,7 @@ from posttrain.errors import UserError
 from posttrain.methods.common import Stage, load_base, prepare_stage
 from posttrain.models.loading import lora_config, method_of_run, resolve_model
 from posttrain.recipe import Recipe
+from posttrain.runs import write_jsonl
 
 
 @dataclass
@@ -138,9 +138,7 @@ def heldout_check(stage: Stage, final_kl: float | None, echo: Callable[[str], No
         echo=echo,
     )
     report["final_kl"] = final_kl  # per response, summed over its tokens (ppo's last step; rs measures none)
-    answers = report.pop("answers")
-    lines = (json.dumps(answer, ensure_ascii=False) + "\n" for answer in answers)
-    (stage.run.path / HELDOUT_ANSWERS).write_text("".join(lines), encoding="utf-8")
+    write_jsonl(stage.run.path / HELDOUT_ANSWERS, report.pop("answers"))
     echo(f"held-out answers of both models, their scores and perplexities: {stage.run.path / HELDOUT_ANSWERS}")
     for line in heldout_rows(report):
         echo(line)
