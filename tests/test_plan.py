@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from posttrain.cli import app
 from posttrain.models.loading import add_lora, load_base_model, resolve_model
+from posttrain.plan.estimate import Models, estimate
 from posttrain.plan.fit import warn_if_too_big
 from posttrain.plan.memory import ModelShape, Precision, base_weight_bytes, layer_activation_bytes, lora_parameters
 from posttrain.recipe import load_recipe, shipped_recipes
@@ -126,6 +127,22 @@ def test_ppo_plan_has_generation_scoring_and_optimisation():
     assert "does not fit" in without and "optimisation (the peak)" in without
     advice = without.split("largest saving first")[1].splitlines()
     assert advice[1].startswith("  --set ppo.activation_checkpointing=true")
+
+
+def test_ppo_ptx_adds_a_policy_pass_and_its_logits_to_the_optimisation():
+    def optimisation(*settings: str) -> dict[str, int]:
+        recipe = load_recipe("llama2-7b/ppo-qlora-t4", ["ppo.activation_checkpointing=false", *settings])
+        phase = estimate(recipe, Models.of(recipe), "fp16").phases[2]
+        assert phase.name == "optimisation"
+        return {term.name: term.bytes for term in phase.terms}
+
+    without = optimisation()
+    ptx = optimisation("ppo.ptx_coef=1.0", "ppo.ptx_data=builtin:pirate_sft")
+    assert ptx["activations"] == pytest.approx(1.5 * without["activations"], abs=1)  # 3 passes for 2
+    assert ptx["logits"] == pytest.approx(2 * without["logits"], abs=1)
+    assert (
+        "policy, value and ptx passes" in plan("smollm2-135m/ppo", "--set", "ppo.activation_checkpointing=false").output
+    )
 
 
 def test_grpo_plan_has_a_generation_phase_that_grows_with_num_generations():

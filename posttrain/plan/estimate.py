@@ -70,13 +70,14 @@ def _activations(
     phase: Phase, shape: ModelShape, tokens: int, layer: int, p: Precision, checkpointed: bool, passes: int = 1
 ) -> None:
     """Checkpointed, each layer keeps only its input and one layer is recomputed (with its gradients) at a time.
-    PPO makes two passes (policy and value) before its backward pass."""
+    PPO makes two passes (policy and value) before its backward pass, three with PPO-ptx (the policy's on ptx
+    answers)."""
     kept = {
         True: tokens * (passes * shape.layers * p.residual * shape.hidden + 2 * layer),
         False: passes * tokens * (shape.layers + 1) * layer,
     }
     other = f"{kept[not checkpointed] / GIB:.2f} GiB {'without' if checkpointed else 'with'} checkpointing"
-    which = "policy and value passes, " if passes == 2 else ""
+    which = {1: "", 2: "policy and value passes, ", 3: "policy, value and ptx passes, "}[passes]
     phase.add("activations", kept[checkpointed], f"{which}{tokens} tokens; {other}")
 
 
@@ -184,9 +185,12 @@ def ppo_phases(recipe: Recipe, models: Models, precision: str, cuda: bool = True
     r, targets = _adapter_r(recipe, models.policy)
     tokens = s.mini_batch_size * length
     layer = layer_activation_bytes(shape, r, shape.lora_targets(targets), p, dropout=False)  # eval mode
-    _activations(optimisation, shape, tokens, layer, p, s.activation_checkpointing, passes=2)
+    ptx = s.ptx_coef > 0  # a mini-batch of ptx answers (at most data.max_length each) goes into the same backward
+    _activations(optimisation, shape, tokens, layer, p, s.activation_checkpointing, passes=3 if ptx else 2)
     sequences = f"{s.mini_batch_size} sequence{'s' if s.mini_batch_size > 1 else ''}"
-    optimisation.add("logits", tokens * logits_bytes_per_token(shape, p), sequences)
+    optimisation.add(
+        "logits", (1 + ptx) * tokens * logits_bytes_per_token(shape, p), sequences + (" x 2 (ptx)" if ptx else "")
+    )
     if p.mixed:
         optimisation.add("LM head cast", shape.vocab * shape.hidden * p.compute, "autocast copy of the fp32 LM head")
     return phases

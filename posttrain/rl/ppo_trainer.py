@@ -177,7 +177,7 @@ class PPOTrainer:
 
         picks = torch.randint(len(self.ptx), (self.settings.mini_batch_size,), generator=generator).tolist()
         batch, query_length, mask = ptx_batch(self.tokenizer, [self.ptx[i] for i in picks], self.accelerator.device)
-        logits, _ = self.model(**batch)
+        logits, _ = self.model(**batch, with_values=False)
         return -masked_mean(response_logprobs(logits, batch, query_length, 1.0), mask)
 
     # ------------------------------------------------------------ the loop

@@ -164,11 +164,14 @@ class SharedModel(nn.Module):
         backbone = self.peft.base_model.model.model  # the transformer, without the LM head
         return backbone(**batch, use_cache=False).last_hidden_state
 
-    def forward(self, input_ids, attention_mask, position_ids):
-        """(policy logits, value per token) for a batch of query+response sequences."""
+    def forward(self, input_ids, attention_mask, position_ids, with_values: bool = True):
+        """(policy logits, value per token) for a batch of query+response sequences; (logits, None) without
+        `with_values` (PPO-ptx needs the policy alone: no second pass through the backbone)."""
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
         with self.adapter(POLICY):
             logits = self.peft(**batch, use_cache=False).logits
+        if not with_values:
+            return logits, None
         with self.adapter(VALUE):
             values = self.value_head(self._last_hidden(batch).float()).squeeze(-1)
         return logits, values
