@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Literal
 
-from posttrain.sections import DistillSection, GAttSection, GRPOSection, PPOSection, RewardSection, RSSection
+from posttrain.method_sections import DistillSection, GAttSection, GRPOSection, PPOSection, RewardSection, RSSection
 
 # A causal-LM adapter (a policy) can be continued by any method that trains one; a reward run is another head.
 POLICIES = frozenset({"sft", "dpo", "orpo", "kto", "ppo", "rs", "grpo", "gatt", "distill"})

@@ -1,7 +1,7 @@
 """`posttrain ppo`: RLHF with PPO on one 4-bit base shared by the policy, reference, value and reward adapters.
 
 model.name (or model.adapter) is the SFT run the policy starts from; ppo.reward names the reward run(s).
-All settings live in the recipe's `ppo:` section (posttrain.sections.PPOSection); the trainer is
+All settings live in the recipe's `ppo:` section (posttrain.method_sections.PPOSection); the trainer is
 posttrain.rl.ppo_trainer, its arithmetic posttrain.rl.ppo_math.
 """
 
