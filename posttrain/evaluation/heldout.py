@@ -18,6 +18,7 @@ from posttrain.inference.generation import GenerationSettings, Reply
 
 RESAMPLES = 1000
 SIDES = {"trained": "a", "start": "b"}  # each model's side in judge_pairs' pairs
+WINNERS = {side: role for role, side in SIDES.items()} | {"tie": "tie"}  # judge_pairs' winner, as a role
 
 
 def heldout_report(
@@ -56,7 +57,7 @@ def heldout_report(
         {
             "prompt": pair["prompt"][-1]["content"],
             **{role: pair[f"reply_{side}"] for role, side in SIDES.items()},
-            "winner": {"a": "trained", "b": "start", "tie": "tie"}[pair["winner"]],
+            "winner": WINNERS[pair["winner"]],
             **{f"{role}_score": pair[f"score_{side}"] for role, side in SIDES.items()},
             **{f"{role}_perplexity": perplexity([nlls[role][index]]) for role in SIDES},
         }
@@ -67,7 +68,7 @@ def heldout_report(
         "max_new_tokens": max_new_tokens,
         "win_rate": statistics.fmean(values),  # of the trained model over the start, ties counting half
         "win_rate_ci95": bootstrap_interval(values, RESAMPLES, seed),
-        "wins_losses_ties": [winners.count("a"), winners.count("b"), winners.count("tie")],
+        "wins_losses_ties": [winners.count(SIDES["trained"]), winners.count(SIDES["start"]), winners.count("tie")],
         **{
             role: answer_summary(replies[role], [pair[f"score_{side}"] for pair in pairs], perplexities[role])
             for role, side in SIDES.items()

@@ -188,9 +188,11 @@ def ppo_phases(recipe: Recipe, models: Models, precision: str, cuda: bool = True
     ptx = s.ptx_coef > 0  # a mini-batch of ptx answers (at most data.max_length each) goes into the same backward
     _activations(optimisation, shape, tokens, layer, p, s.activation_checkpointing, passes=3 if ptx else 2)
     sequences = f"{s.mini_batch_size} sequence{'s' if s.mini_batch_size > 1 else ''}"
-    optimisation.add(
-        "logits", (1 + ptx) * tokens * logits_bytes_per_token(shape, p), sequences + (" x 2 (ptx)" if ptx else "")
-    )
+    minibatch_logits = tokens * logits_bytes_per_token(shape, p)
+    if ptx:
+        optimisation.add("logits", 2 * minibatch_logits, f"{sequences} x 2 (ptx)")
+    else:
+        optimisation.add("logits", minibatch_logits, sequences)
     if p.mixed:
         optimisation.add("LM head cast", shape.vocab * shape.hidden * p.compute, "autocast copy of the fp32 LM head")
     return phases
