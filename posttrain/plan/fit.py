@@ -169,8 +169,19 @@ def suggestions(recipe: Recipe, models: Models, precision: str, usable: int) -> 
 # ---------------------------------------------------------------- activation checkpointing: auto
 
 
+GPU_MEMORY_VARIABLE = "POSTTRAIN_GPU_MEMORY_GIB"  # a GPU's memory to plan for instead of its own (a share of it)
+
+
 def device_memory_gib(hardware: Hardware) -> float:
-    """What a run on this machine has: the GPU's memory, or on a CPU the machine's RAM."""
+    """What a run on this machine has: the GPU's memory (POSTTRAIN_GPU_MEMORY_GIB when set, for a process held to
+    part of a larger GPU), or on a CPU the machine's RAM."""
+    if hardware.device == "cuda" and os.environ.get(GPU_MEMORY_VARIABLE):
+        try:
+            return float(os.environ[GPU_MEMORY_VARIABLE])
+        except ValueError:
+            raise UserError(
+                f"{GPU_MEMORY_VARIABLE} must be a number of GiB, got {os.environ[GPU_MEMORY_VARIABLE]!r}."
+            ) from None
     if hardware.device == "cuda":
         import torch
 
@@ -250,9 +261,7 @@ def warn_if_too_big(recipe: Recipe, echo: Callable[[str], None], memory_gib: flo
     if hardware.device != "cuda" and memory_gib is None:
         return  # the estimate is of GPU memory
     if memory_gib is None:
-        import torch
-
-        memory_gib = torch.cuda.get_device_properties(0).total_memory / GIB
+        memory_gib = device_memory_gib(hardware)
     try:
         precision = choose_precision(recipe.model.precision, hardware)
         peak = estimate(recipe, Models.of(recipe), precision, cuda=True).total
