@@ -68,10 +68,12 @@ def autocast(precision: str, device_type: str):
 
 
 def trainer_flags(precision: str, hardware: Hardware) -> dict[str, bool]:
-    """The TrainingArguments switches for a precision (TRL's configs default to bf16=True)."""
+    """The TrainingArguments switches for a precision (TRL's configs default to bf16=True). On a CPU, use_cpu is
+    what lets transformers accept bf16 there (it refuses bf16 without a bf16 GPU otherwise)."""
     return {
         "bf16": precision == "bf16",
         "fp16": precision == "fp16",
+        "use_cpu": hardware.device == "cpu",
         "dataloader_pin_memory": hardware.device == "cuda",
     }
 

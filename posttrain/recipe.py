@@ -28,6 +28,7 @@ OWNED_TRAIN_KEYS = {
     "fp16": "set `model.precision`",
     "max_length": "set `data.max_length`",
     "dataloader_pin_memory": "posttrain pins memory on CUDA only",
+    "use_cpu": "posttrain trains on the CPU exactly when no CUDA GPU is present",
 }
 # Values posttrain accepts for TRL fields and settles before the TRL config is built (methods/trl_backed.py).
 POSTTRAIN_TRAIN_VALUES = {"activation_checkpointing": "auto"}
