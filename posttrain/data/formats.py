@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from posttrain.data.sources import Row
+from posttrain.data.tool_calls import ToolError, tool_calls, tool_result, tool_schemas
 from posttrain.errors import UserError
 
 SHAREGPT_ROLES = {
@@ -19,6 +20,7 @@ SHAREGPT_ROLES = {
     "system": "system",
 }
 ROLES = ("system", "user", "assistant")
+SHAREGPT_TOOL_ROLES = ("function_call", "observation")  # an assistant's call, a tool's result (LLaMA-Factory)
 
 
 class RowError(Exception):
@@ -33,27 +35,68 @@ def _text(row: dict, key: str) -> str:
     return value
 
 
+def check_message(message, i: int) -> dict:
+    """One message in the canonical form: role and content text, an assistant's calls, a tool's result."""
+    role = message.get("role") if isinstance(message, dict) else None
+    try:
+        if role == "tool":
+            return {"role": "tool", "content": tool_result(message.get("content"))}
+        if role == "assistant" and message.get("tool_calls"):
+            content = message.get("content") or ""
+            if isinstance(content, str):
+                return {"role": role, "content": content, "tool_calls": tool_calls(message["tool_calls"])}
+    except ToolError as err:
+        raise RowError(f"message {i}: {err}") from None
+    if role not in ROLES or not isinstance(message.get("content"), str):
+        raise RowError(
+            f"message {i}: expected role (system/user/assistant/tool) and content text, found {message!r:.80}"
+        )
+    return {"role": role, "content": message["content"]}
+
+
 def check_messages(messages) -> list[dict]:
     if not isinstance(messages, list) or not messages:
         raise RowError("expected a non-empty list of {role, content} messages")
-    clean = []
-    for i, message in enumerate(messages, start=1):
-        if (
-            not isinstance(message, dict)
-            or message.get("role") not in ROLES
-            or not isinstance(message.get("content"), str)
-        ):
-            raise RowError(
-                f"message {i}: expected role (system/user/assistant) and content text, found {message!r:.80}"
-            )
-        clean.append({"role": message["role"], "content": message["content"]})
+    clean = [check_message(message, i) for i, message in enumerate(messages, start=1)]
     if not any(m["role"] == "assistant" for m in clean):
         raise RowError("the conversation has no assistant turn to learn from")
     return clean
 
 
+def with_tools(row: dict, messages: list[dict]) -> dict:
+    """The canonical row: its messages, and its tools when it offers any."""
+    if not row.get("tools"):
+        return {"messages": messages}
+    try:
+        return {"messages": messages, "tools": tool_schemas(row["tools"])}
+    except ToolError as err:
+        raise RowError(str(err)) from None
+
+
 def from_messages(row: dict) -> dict:
-    return {"messages": check_messages(row.get("messages"))}
+    return with_tools(row, check_messages(row.get("messages")))
+
+
+def sharegpt_message(turn, i: int, messages: list[dict]) -> dict | None:
+    """A ShareGPT turn as a message; None for a function_call that joins the assistant turn just before it."""
+    source = turn.get("from") if isinstance(turn, dict) else None
+    if source in SHAREGPT_TOOL_ROLES and isinstance(turn.get("value"), str):
+        if source == "observation":
+            return {"role": "tool", "content": turn["value"]}
+        try:
+            calls = tool_calls(turn["value"])
+        except ToolError as err:
+            raise RowError(f"turn {i}: {err}") from None
+        if messages and messages[-1]["role"] == "assistant":  # a call after the assistant's words: one turn
+            messages[-1]["tool_calls"] = messages[-1].get("tool_calls", []) + calls
+            return None
+        return {"role": "assistant", "content": "", "tool_calls": calls}
+    role = SHAREGPT_ROLES.get(source)
+    if role is None or not isinstance(turn.get("value"), str):
+        raise RowError(
+            f"turn {i}: expected from (human/gpt/system/function_call/observation) and value text, found {turn!r:.80}"
+        )
+    return {"role": role, "content": turn["value"]}
 
 
 def from_sharegpt(row: dict) -> dict:
@@ -62,11 +105,10 @@ def from_sharegpt(row: dict) -> dict:
         raise RowError("expected 'conversations': a list of {from, value} turns")
     messages = []
     for i, turn in enumerate(turns, start=1):
-        role = SHAREGPT_ROLES.get(turn.get("from")) if isinstance(turn, dict) else None
-        if role is None or not isinstance(turn.get("value"), str):
-            raise RowError(f"turn {i}: expected from (human/gpt/system) and value text, found {turn!r:.80}")
-        messages.append({"role": role, "content": turn["value"]})
-    return {"messages": check_messages(messages)}
+        message = sharegpt_message(turn, i, messages)
+        if message is not None:
+            messages.append(message)
+    return with_tools(row, check_messages(messages))
 
 
 def from_alpaca(row: dict) -> dict:

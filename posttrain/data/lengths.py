@@ -80,7 +80,7 @@ def token_length(tokenizer, example: dict) -> int:
     if "chosen" in example:
         return max(chat_length(tokenizer, example["prompt"] + example[side]) for side in ("chosen", "rejected"))
     if "messages" in example:
-        return chat_length(tokenizer, example["messages"])
+        return chat_length(tokenizer, example["messages"], tools=example.get("tools"))
     return len(tokenizer(example["text"])["input_ids"]) + 1  # + the EOS that training appends
 
 

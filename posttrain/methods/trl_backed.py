@@ -84,11 +84,11 @@ def trainable_model(stage: Stage, config, task_type: str = "CAUSAL_LM"):
 
 
 def datasets_of(data: PreparedData) -> dict:
-    from datasets import Dataset
+    from posttrain.data.tool_calls import dataset_of
 
     return {
-        "train_dataset": Dataset.from_list(data.train),
-        "eval_dataset": Dataset.from_list(data.eval) if data.eval else None,
+        "train_dataset": dataset_of(data.train),
+        "eval_dataset": dataset_of(data.eval) if data.eval else None,
     }
 
 
