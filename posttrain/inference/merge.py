@@ -54,8 +54,12 @@ def merge_run(run_name: str, output: Path, dtype: str = "auto", echo: Callable[[
 
 
 def check_mergeable(run_name: str):
-    from posttrain.models.loading import method_of_run, resolve_model
+    from posttrain.models.loading import looks_like_path, method_of_run, resolve_model, shipped_run_command
 
+    if looks_like_path(run_name) and not Path(run_name).expanduser().is_dir():
+        writer = shipped_run_command(run_name)
+        fix = f"`{writer}` writes it: run that first." if writer else "Check the path."
+        raise UserError(f"{run_name}: no such run folder; merge takes the output_dir of a training run. {fix}")
     ref = resolve_model(run_name)
     if not ref.is_run:
         raise UserError(f"{run_name} is a model, not a run folder with an adapter: there is nothing to merge into it.")

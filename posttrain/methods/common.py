@@ -10,7 +10,15 @@ from typing import Any
 
 from posttrain.errors import UserError
 from posttrain.methods import METHODS
-from posttrain.models.loading import ModelRef, add_lora, load_base_model, load_tokenizer, method_of_run, resolve_model
+from posttrain.models.loading import (
+    MissingModelPath,
+    ModelRef,
+    add_lora,
+    load_base_model,
+    load_tokenizer,
+    method_of_run,
+    resolve_model,
+)
 from posttrain.precision import Hardware, choose_precision, detect_hardware
 from posttrain.recipe import Recipe, save_recipe
 from posttrain.runs import RunFolder, library_versions
@@ -60,10 +68,24 @@ def check_continues_from(method: str, run: Path, key: str) -> None:
         )
 
 
+def resolve_model_key(name: str, key: str, method: str) -> ModelRef:
+    """resolve_model for a recipe key; a missing folder where the method continues a run says which run to train."""
+    try:
+        return resolve_model(name)
+    except MissingModelPath as err:
+        starts_from = METHODS[method].starts_from
+        if err.writer or not starts_from:
+            raise UserError(f"{key}: {err}") from None
+        raise UserError(
+            f"{key}: {err.what} {method} usually continues a `posttrain {starts_from[0]}` run: train one, then set "
+            f"{key} to its output_dir (or name a base model)."
+        ) from None
+
+
 def prepare_stage(recipe: Recipe) -> Stage:
     hardware = detect_hardware()
     precision = choose_precision(recipe.model.precision, hardware)
-    model = resolve_model(recipe.model.name)
+    model = resolve_model_key(recipe.model.name, "model.name", recipe.method)
     if model.is_run:
         check_continues_from(recipe.method, model.adapter.parent, "model.name")
     adapter = model.adapter
@@ -73,7 +95,7 @@ def prepare_stage(recipe: Recipe) -> Stage:
                 "model.name is already a run folder with an adapter; leave model.adapter empty, or "
                 "set model.name to the base model."
             )
-        adapter_run = resolve_model(recipe.model.adapter)
+        adapter_run = resolve_model_key(recipe.model.adapter, "model.adapter", recipe.method)
         if not adapter_run.is_run:
             raise UserError(f"model.adapter: {recipe.model.adapter} is not a posttrain run folder with an adapter.")
         check_continues_from(recipe.method, adapter_run.adapter.parent, "model.adapter")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,12 +47,46 @@ def resolve_model(name: str) -> ModelRef:
         if (path / "config.json").is_file():
             return ModelRef(str(path), str(path), str(path))
         raise UserError(f"{name} is neither a model folder (no config.json) nor a posttrain run (no recipe.yaml).")
-    if name.startswith((".", "/", "~")) or name.count("/") > 1 or path.suffix:
-        raise UserError(
-            f"model path not found: {name}. Check the path, or give a hub id or an alias (tiny-llama2, smollm2-135m)."
-        )
+    if looks_like_path(name):
+        raise MissingModelPath(name)
     check_hub_reachable(name)
     return ModelRef(name, name, name)  # a hub id: access rights are checked when its tokenizer is fetched
+
+
+# A hub id is NAME or OWNER/NAME of letters, digits, '-', '_' and '.'; anything else MODEL names is a path.
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+def looks_like_path(name: str) -> bool:
+    """True when a MODEL that is not on disk was meant as a path: runs/..., ./..., /..., ~..., more than one '/',
+    characters no hub id has, or a bare file name (model.gguf)."""
+    bare_file = "/" not in name and bool(Path(name).suffix)
+    return name.startswith(("runs/", ".", "/", "~")) or not HUB_ID.fullmatch(name) or bare_file
+
+
+class MissingModelPath(UserError):
+    """MODEL names a path that does not exist; the message says which shipped recipe writes it, if one does."""
+
+    def __init__(self, name: str):
+        self.what = f"model path not found: {name} (no such folder)."
+        self.writer = shipped_run_command(name)
+        if self.writer:
+            fix = f"It is the run folder `{self.writer}` writes: run that first."
+        else:
+            fix = "Check the path, or give a hub id or an alias (tiny-llama2, smollm2-135m)."
+        super().__init__(f"{self.what} {fix}")
+
+
+def shipped_run_command(name: str) -> str | None:
+    """The command of the shipped recipe whose output_dir is `name` (`posttrain sft smollm2-135m/sft`), if any."""
+    from posttrain.recipe import shipped_recipes  # the recipes name the run folders they write
+
+    wanted = Path(name).expanduser().resolve()
+    for recipe_name, path in shipped_recipes().items():
+        recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if recipe.get("output_dir") and Path(recipe["output_dir"]).resolve() == wanted:
+            return f"posttrain {recipe.get('method')} {recipe_name}"
+    return None
 
 
 def _resolve_run(run: Path) -> ModelRef:
