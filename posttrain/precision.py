@@ -7,6 +7,7 @@ fp16 GradScaler and fp32 runs, and fp32 adapters cost little memory.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from posttrain.errors import UserError
@@ -76,6 +77,22 @@ def trainer_flags(precision: str, hardware: Hardware) -> dict[str, bool]:
         "use_cpu": hardware.device == "cpu",
         "dataloader_pin_memory": hardware.device == "cuda",
     }
+
+
+@contextmanager
+def trainable_weights_kept(model):
+    """Give the trainable weights back exactly as they were once the body is done: building a TRL trainer on a
+    quantized model casts them to bf16, and casting back restores the dtype but not the bits lost. Without this, a
+    continued adapter (DPO from SFT, each rs round, model.adapter) would start from rounded weights, and DPO's
+    policy would differ from its reference (copied before the cast) at step 0."""
+    import torch
+
+    trainable = [(name, param) for name, param in model.named_parameters() if param.requires_grad]
+    kept = {name: param.detach().to(torch.float32, copy=True) for name, param in trainable}
+    yield
+    for name, param in model.named_parameters():
+        if name in kept:
+            param.data = kept[name]
 
 
 def keep_trainable_fp32(model) -> None:

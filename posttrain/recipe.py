@@ -197,14 +197,16 @@ def check_train_section(method: str, train: dict[str, Any]) -> dict[str, Any]:
     for key, fix in OWNED_TRAIN_KEYS.items():
         if key in train:
             raise UserError(f"recipe key train.{key} is set by posttrain: {fix}.")
+    from posttrain.trl_compat import train_fields
+
     config_cls = train_config_class(method)
-    fields = {f.name for f in dataclasses.fields(config_cls) if f.init}
-    _reject_unknown(train, fields, "train.", what=f"{config_cls.__name__} field")
+    fields = train_fields(config_cls)  # the names of this transformers version, and the newer ones they stand for
+    _reject_unknown(train, set(fields), "train.", what=f"{config_cls.__name__} field")
     hints = typing.get_type_hints(config_cls)
     checked = {}
     for key, value in train.items():
         own = POSTTRAIN_TRAIN_VALUES.get(key) == value  # settled by posttrain, not a value TRL takes
-        checked[key] = value if own else check_value(value, hints.get(key, Any), f"train.{key}")
+        checked[key] = value if own else check_value(value, hints.get(fields[key], Any), f"train.{key}")
     return checked
 
 

@@ -13,7 +13,7 @@ from posttrain.methods import METHODS
 from posttrain.methods.callbacks import NoFinalCheckpoint, StopOnNonFiniteWeights, StopOnSignal
 from posttrain.methods.common import Stage, load_trainable_model, prepare_stage, seed_everything
 from posttrain.plan.fit import resolve_auto_checkpointing
-from posttrain.precision import keep_trainable_fp32, trainer_flags
+from posttrain.precision import keep_trainable_fp32, trainable_weights_kept, trainer_flags
 from posttrain.recipe import Recipe
 from posttrain.runs import stopping
 
@@ -51,28 +51,32 @@ def prepare_with_data(recipe: Recipe, defaults: dict, preference: bool = False, 
 
 def trl_config(config_cls: type, stage: Stage):
     """The method's TRL config from the resolved recipe, with posttrain's precision and run folder."""
+    from posttrain.trl_compat import config_arguments  # imports TRL's experimental ORPO too: only when training
+
     # GRPO has no max_length: its prompts and completions have limits of their own
     lengths = {"max_length": stage.recipe.data.max_length} if "max_length" in config_cls.__dataclass_fields__ else {}
     return config_cls(
         output_dir=str(stage.run.checkpoints),
         **lengths,
         **trainer_flags(stage.precision, stage.hardware),
-        **stage.recipe.train,
+        **config_arguments(config_cls, stage.recipe.train),
     )
 
 
 def trl_trainer(trainer_cls: type, config, stage: Stage, task_type: str = "CAUSAL_LM", model=None, **extra):
     """A TRL trainer on the 4-bit base with its LoRA adapter (or `model`, made by `trainable_model`), the prepared
     data and the run's TensorBoard logs."""
-    trainer = trainer_cls(
-        model=model if model is not None else trainable_model(stage, config, task_type),
-        args=config,
-        processing_class=stage.tokenizer,
-        callbacks=tensorboard_callbacks(config, stage.run.logs)
-        + [StopOnSignal(), NoFinalCheckpoint(), StopOnNonFiniteWeights(stage.run.checkpoints)],
-        **datasets_of(stage.data),
-        **extra,
-    )
+    model = model if model is not None else trainable_model(stage, config, task_type)
+    with trainable_weights_kept(model):  # TRL rounds them to bf16 on a 4-bit base
+        trainer = trainer_cls(
+            model=model,
+            args=config,
+            processing_class=stage.tokenizer,
+            callbacks=tensorboard_callbacks(config, stage.run.logs)
+            + [StopOnSignal(), NoFinalCheckpoint(), StopOnNonFiniteWeights(stage.run.checkpoints)],
+            **datasets_of(stage.data),
+            **extra,
+        )
     trainer.data_collator = PaddingMeter(trainer.data_collator, trainer)  # padding share for metrics.json
     return trainer
 
