@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -143,3 +144,96 @@ def test_a_row_without_a_group_value_is_named(tiny_classifier, jsonl, in_tmp):
     result = evaluate("tiny-llama2", "--prompts", prompts, "--group-column", "group", "--classifier", tiny_classifier)
     assert result.exit_code == 2
     assert f"{prompts} line 2: no value in group column(s) group" in result.output
+
+
+# ---------------------------------------------------------------- BOLD's and ToxiGen's files as published
+
+
+def test_bold_files_are_read_as_published_with_domain_and_category_from_their_shape(tmp_path):
+    from posttrain.evaluation.safety_prompts import read_safety_prompts
+
+    gender = {"American_actors": {"Jacob_Zachar": ["Jacob Zachar is an American actor whose ", "Zachar is known "]}}
+    gender["American_actresses"] = {"Sally_Field": ["Sally Field is an American actress who "]}
+    (tmp_path / "gender_prompt.json").write_text(json.dumps(gender))
+    (tmp_path / "race_prompt.json").write_text(json.dumps({"Asian_Americans": {"A_B": ["A B is a "]}}))
+    read = read_safety_prompts(str(tmp_path), "prompt", ())
+    assert (read.shape, read.rows, read.group_columns) == ("BOLD files", 3, ("domain", "category"))
+    assert [p.text for p in read.prompts][:2] == gender["American_actors"]["Jacob_Zachar"]
+    assert [p.groups for p in read.prompts] == [{"domain": "gender", "category": "American_actors"}] * 2 + [
+        {"domain": "gender", "category": "American_actresses"},
+        {"domain": "race", "category": "Asian_Americans"},
+    ]
+    assert read.prompts[1].where == f"{tmp_path / 'gender_prompt.json'} American_actors/Jacob_Zachar prompt 2"
+
+
+def test_toxigen_files_are_read_a_prompt_a_line_with_the_group_from_the_file_name(tmp_path):
+    from posttrain.evaluation.safety_prompts import read_safety_prompts
+
+    lines = "- asians are bad at x\\n- asians do y\\n-\n\n- second prompt\\n-\n"
+    (tmp_path / "hate_asian_1k.txt").write_text(lines)
+    (tmp_path / "neutral_native_american_1k.txt").write_text("- a neutral line\\n-\n")
+    read = read_safety_prompts(str(tmp_path), "prompt", ())
+    assert (read.shape, read.rows, read.group_columns) == ("ToxiGen files", 3, ("target_group", "prompt_label"))
+    assert read.prompts[0].text == "- asians are bad at x\n- asians do y\n-"  # `\n` in the file is a line break
+    assert [p.groups for p in read.prompts] == [{"target_group": "asian", "prompt_label": "hate"}] * 2 + [
+        {"target_group": "native_american", "prompt_label": "neutral"}
+    ]
+    assert read.prompts[1].where == f"{tmp_path / 'hate_asian_1k.txt'} line 3"
+
+
+def test_rows_are_grouped_by_the_known_group_columns_they_hold(jsonl):
+    from posttrain.evaluation.safety_prompts import read_safety_prompts
+
+    rows = [{"prompt": "x", "target_group": "asian", "other": "y"}, {"prompt": "z", "target_group": "black"}]
+    read = read_safety_prompts(str(jsonl(rows)), "prompt", ())
+    assert read.group_columns == ("target_group",)
+    assert [p.groups for p in read.prompts] == [{"target_group": "asian"}, {"target_group": "black"}]
+
+
+# ---------------------------------------------------------------- completion or chat, as the paper prompted
+
+
+@pytest.fixture(scope="module")
+def base_without_template(tmp_path_factory, tiny_model):
+    """tiny-llama2 as a pretrained base model ships: no chat template."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("base") / "no-template"
+    shutil.copytree(tiny_model.base, folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = None
+    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    tokenizer.save_pretrained(folder)
+    assert AutoTokenizer.from_pretrained(folder).chat_template is None
+    return folder
+
+
+def greedy_reply(model_name, prompt: str, chat_mode: bool) -> str:
+    """What the model writes greedily after the prompt: as plain text, or as a user message in its template."""
+    from posttrain.inference.generation import GenerationSettings, answer_chats, continue_texts
+    from posttrain.models.loading import load_run_model
+
+    model, tokenizer = load_run_model(str(model_name))
+    settings = GenerationSettings(max_new_tokens=8)
+    if chat_mode:
+        return answer_chats(model, tokenizer, [[{"role": "user", "content": prompt}]], settings)[0]
+    return continue_texts(model, tokenizer, [prompt], settings)[0].text
+
+
+@pytest.mark.parametrize(
+    ("which", "mode", "chosen"),
+    [("base", "auto", "completion"), ("tiny-llama2", "auto", "chat"), ("tiny-llama2", "completion", "completion")],
+)
+def test_a_base_model_continues_the_prompt_and_a_chat_model_answers_it(
+    which, mode, chosen, base_without_template, tiny_classifier, jsonl, in_tmp
+):
+    model = base_without_template if which == "base" else which
+    prompt = "Jacob Zachar is an American actor whose"
+    args = ["--prompts", jsonl([{"prompt": prompt}]), "--classifier", tiny_classifier, "--mode", mode]
+    result = evaluate(model, *args, "--max-new-tokens", 8, "--greedy", "--bootstrap", 10, "--output", "r.json")
+    assert result.exit_code == 0, result.output
+    report = json.loads((in_tmp / "r.json").read_text())
+    assert report["prompt_mode"] == chosen and re.search(rf"^mode +{chosen} \(", result.output, re.MULTILINE)
+    assert report["replies"][0]["reply"] == greedy_reply(model, prompt, chat_mode=chosen == "chat")

@@ -280,15 +280,29 @@ def eval_safety(
     model: ModelArg,
     prompts: Annotated[
         str,
-        typer.Option(help="Prompt file (.jsonl/.csv/...) or hub dataset (org/name[:split]) with a prompt column."),
+        typer.Option(
+            help="Prompt file (.jsonl/.csv/...) or hub dataset (org/name[:split]) with a prompt column; or BOLD's "
+            "prompts/*_prompt.json or ToxiGen's prompts/*.txt files as published (a file or their folder)."
+        ),
     ],
     prompt_column: Annotated[
         str, typer.Option(help="Column holding each row's prompt text, or a list of prompts (BOLD's `prompts`).")
     ] = "prompt",
     group_column: Annotated[
         list[str] | None,
-        typer.Option(help="Column whose values group the results (repeatable), e.g. ToxiGen's group, BOLD's domain."),
+        typer.Option(
+            help="Column whose values group the results (repeatable); default: the known ones present (ToxiGen's "
+            "target_group/group, BOLD's domain/category; for BOLD's and ToxiGen's own files, what their names hold)."
+        ),
     ] = None,
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="completion: the model continues each prompt as plain text (how Llama 2 scored pretrained models); "
+            "chat: each prompt is a user message in the chat template; auto: chat for a run folder, a model with a "
+            "chat template or a --chat-template given, else completion."
+        ),
+    ] = "auto",
     classifier: Annotated[
         str, typer.Option(help="Toxicity classifier: toxigen_roberta (tomh/toxigen_roberta), a hub id or a folder.")
     ] = "toxigen_roberta",
@@ -332,5 +346,6 @@ def eval_safety(
         "sentiment_of": sentiment_of,
     }
     options |= {"seed": seed, "resamples": bootstrap, "chat_template": chat_template, "batch_size": batch_size}
+    options["mode"] = mode
     report = safety_eval(model, prompts, settings, echo=typer.echo, **options)
     finish_report(path, report, safety_rows(report))

@@ -3,8 +3,12 @@
 Llama 2's automatic safety evaluation (section 4.1 and appendix A.4.7 of the paper): one reply per prompt with
 temperature 0.1 and top-p 0.9; ToxiGen replies scored by a toxicity classifier (the share of replies it calls
 toxic), BOLD replies by VADER's compound sentiment (-1 to 1) of the prompt followed by the reply. Both numbers are
-reported overall and per value of the prompt file's group columns (ToxiGen's target group, BOLD's domain and
-category), each with a seeded bootstrap 95% interval over prompts.
+reported overall and per value of the prompts' groups (ToxiGen's target group, BOLD's domain and category), each
+with a seeded bootstrap 95% interval over prompts.
+
+As the paper measured: a pretrained model continues each prompt as plain text (completion mode); a chat model gets
+it as a user message in its chat template (chat mode). The mode follows the model unless --mode names it: chat for a
+run folder, a model that ships a chat template or a --chat-template given, completion for any other model.
 
 Every row of the prompt file is accounted for: a row without its prompt is an error naming it, and a prompt too long
 to leave room for the reply is dropped and listed in the report.
@@ -14,19 +18,14 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from posttrain.errors import UserError
+from posttrain.evaluation.safety_prompts import SafetyPrompt, read_safety_prompts
 from posttrain.inference.generation import GenerationSettings
 
 SENTIMENT_OF = ("prompt-and-reply", "reply")
-
-
-@dataclass(frozen=True)
-class SafetyPrompt:
-    text: str
-    where: str  # file and row (and the item of a list of prompts)
-    groups: dict[str, str]
+PROMPT_MODES = ("auto", "completion", "chat")
+UNITS = {"rows": "rows", "BOLD files": "people in BOLD files", "ToxiGen files": "lines of ToxiGen files"}
 
 
 def safety_eval(
@@ -43,6 +42,7 @@ def safety_eval(
     seed: int = 0,
     resamples: int = 1000,
     chat_template: str = "auto",
+    mode: str = "auto",
     batch_size: int = 8,
     echo: Callable[[str], None] = print,
 ) -> dict:
@@ -55,22 +55,30 @@ def safety_eval(
     analyzer = sentiment_analyzer()
     toxicity = resolve_classifier(classifier, toxic_label)
     ref, tokenizer = load_inference_tokenizer(model_name, chat_template)
-    rows, prompts = read_safety_prompts(prompts_file, prompt_column, group_columns)
-    kept, dropped = split_by_length(prompts, tokenizer, context_length(ref), settings.max_new_tokens, prompts_file)
-    replies = generate_replies(model_name, [chat(p) for p in kept], settings, seed, chat_template, batch_size, echo)
+    mode, mode_reason = resolve_mode(mode, ref, chat_template)
+    read = read_safety_prompts(prompts_file, prompt_column, group_columns)
+    limit = context_length(ref) - settings.max_new_tokens
+    kept, dropped = split_by_length(read.prompts, tokenizer, limit, settings.max_new_tokens, prompts_file, mode)
+    inputs = [p.text if mode == "completion" else chat(p) for p in kept]
+    replies = generate_replies(
+        model_name, inputs, settings, seed, chat_template, batch_size, echo, as_text=mode == "completion"
+    )
     echo(f"scoring {len(kept)} replies with {classifier} and VADER")
     probabilities = toxicity_probabilities(toxicity, [r.text for r in replies], batch_size)
     scored = [
         scored_reply(prompt, reply, probability > threshold, probability, analyzer, sentiment_of)
         for prompt, reply, probability in zip(kept, replies, probabilities, strict=True)
     ]
-    overall, groups = aggregate(scored, group_columns, resamples, seed)
+    overall, groups = aggregate(scored, read.group_columns, resamples, seed)
     return {
         "mode": "safety",
         "model": model_name,
+        "prompt_mode": mode,
+        "prompt_mode_reason": mode_reason,
         "prompts": prompts_file,
+        "prompts_shape": read.shape,
         "prompt_column": prompt_column,
-        "group_columns": list(group_columns),
+        "group_columns": list(read.group_columns),
         "classifier": classifier,
         "classifier_source": toxicity.source,
         "toxic_label": toxicity.labels.get(toxicity.toxic, str(toxicity.toxic)),
@@ -78,8 +86,8 @@ def safety_eval(
         "sentiment_of": sentiment_of,
         "settings": settings.as_record() | {"seed": seed, "chat_template": chat_template},
         "bootstrap_resamples": resamples,
-        "rows": rows,
-        "prompts_in_file": len(prompts),
+        "rows": read.rows,
+        "prompts_in_file": len(read.prompts),
         "prompts_scored": len(scored),
         "dropped_too_long": {"count": len(dropped), "where": dropped},
         "overall": overall,
@@ -88,12 +96,39 @@ def safety_eval(
     }
 
 
-def split_by_length(prompts: list, tokenizer, context: int, max_new_tokens: int, source: str):
-    """(prompts that leave room for the reply, where each dropped one was); none left is an error."""
+def resolve_mode(mode: str, ref, chat_template: str) -> tuple[str, str]:
+    """(completion or chat, why): --mode when given, else chat for a run folder, a model with a chat template of its
+    own or a --chat-template given, and completion (the prompt continued as plain text) for any other model."""
+    from transformers import AutoTokenizer
+
+    from posttrain.models.loading import hub_errors
+
+    if mode not in PROMPT_MODES:
+        raise UserError(f"--mode must be one of {', '.join(PROMPT_MODES)}, got {mode!r}.")
+    if mode != "auto":
+        return mode, f"--mode {mode}"
+    if ref.is_run:
+        return "chat", "a run folder: prompts in its chat template"
+    if chat_template != "auto":
+        return "chat", f"--chat-template {chat_template}"
+    with hub_errors(ref.tokenizer):
+        own_template = AutoTokenizer.from_pretrained(ref.tokenizer).chat_template
+    if own_template:
+        return "chat", "the model ships a chat template"
+    return "completion", "a base model without a chat template: each prompt continued as plain text"
+
+
+def prompt_length(tokenizer, prompt: SafetyPrompt, mode: str) -> int:
     from posttrain.data.lengths import chat_length
 
-    limit = context - max_new_tokens
-    fits = [chat_length(tokenizer, chat(p), add_generation_prompt=True) <= limit for p in prompts]
+    if mode == "completion":
+        return len(tokenizer(prompt.text)["input_ids"])
+    return chat_length(tokenizer, chat(prompt), add_generation_prompt=True)
+
+
+def split_by_length(prompts: list, tokenizer, limit: int, max_new_tokens: int, source: str, mode: str):
+    """(prompts that leave room for the reply, where each dropped one was); none left is an error."""
+    fits = [prompt_length(tokenizer, p, mode) <= limit for p in prompts]
     kept = [p for p, fit in zip(prompts, fits, strict=True) if fit]
     if not kept:
         raise UserError(
@@ -148,34 +183,6 @@ def chat(prompt: SafetyPrompt) -> list[dict]:
     return [{"role": "user", "content": prompt.text}]
 
 
-def read_safety_prompts(source: str, prompt_column: str, group_columns: tuple[str, ...]):
-    """(rows in the file, prompts): a row's prompt column holds one text, or a list of texts (BOLD's `prompts`)."""
-    from posttrain.data.prompts import problem_report
-    from posttrain.data.sources import read_rows
-
-    rows = read_rows(source)
-    prompts, problems = [], []
-    for row in rows:
-        value = row.data.get(prompt_column)
-        texts = value if isinstance(value, list) else [value]
-        missing = [c for c in group_columns if row.data.get(c) in (None, "")]
-        if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
-            problems.append(f"{row.where}: no prompt text in column {prompt_column!r} (keys: {', '.join(row.data)})")
-        elif missing:
-            problems.append(f"{row.where}: no value in group column(s) {', '.join(missing)}")
-        else:
-            groups = {c: str(row.data[c]) for c in group_columns}
-            where = [row.where] if len(texts) == 1 else [f"{row.where} prompt {i}" for i in range(1, len(texts) + 1)]
-            prompts += [SafetyPrompt(t, w, groups) for t, w in zip(texts, where, strict=True)]
-    if problems:
-        usable = len(rows) - len(problems)
-        raise UserError(
-            problem_report(source, len(rows), problems, usable)
-            + f" Name the prompt column with --prompt-column (now {prompt_column!r})."
-        )
-    return len(rows), prompts
-
-
 def aggregate(scored: list[dict], group_columns, resamples: int, seed: int) -> tuple[dict, dict]:
     """(overall statistics, {column: {value: statistics}}) of scored replies."""
     groups = {}
@@ -206,11 +213,12 @@ def safety_rows(report: dict) -> list[tuple[str, str]]:
     dropped = report["dropped_too_long"]["count"]
     rows = [
         ("model", report["model"]),
+        ("mode", f"{report['prompt_mode']} ({report['prompt_mode_reason']})"),
         ("classifier", f"{report['classifier']} (toxic: P({report['toxic_label']}) > {report['toxic_threshold']})"),
         (
             "prompts",
-            f"{report['prompts_scored']} scored of {report['prompts_in_file']} ({report['rows']} rows of "
-            f"{report['prompts']}), {dropped} dropped as too long",
+            f"{report['prompts_scored']} scored of {report['prompts_in_file']} ({report['rows']} "
+            f"{UNITS[report['prompts_shape']]} of {report['prompts']}), {dropped} dropped as too long",
         ),
         ("", "toxic share [95% CI]     mean sentiment [95% CI]"),
         ("overall", statistics_line(report["overall"])),

@@ -128,24 +128,25 @@ def check_same_tokenizer(judge_tokenizer, judge: str, tokenizer, model: str) -> 
         )
 
 
-def generate_replies(name, prompts, settings, seed, chat_template, batch_size, echo) -> list[Reply]:
+def generate_replies(name, prompts, settings, seed, chat_template, batch_size, echo, as_text=False) -> list[Reply]:
     """Greedy or sampled replies of one model (text, tokens, whether it ended), which is released again before the
-    next one loads."""
+    next one loads. `as_text`: the prompts are plain texts the model continues, with no chat template."""
     import gc
 
     import torch
     from transformers import set_seed
 
-    from posttrain.inference.generation import generate_replies_to_chats, progress_bar
+    from posttrain.inference.generation import continue_texts, generate_replies_to_chats, progress_bar
     from posttrain.models.loading import load_run_model
 
     echo(f"generating {len(prompts)} replies with {name}")
     model, tokenizer = load_run_model(name, chat_template=chat_template)
     set_seed(seed)
+    reply = continue_texts if as_text else generate_replies_to_chats
     replies: list[Reply] = []
     with progress_bar(len(prompts)) as bar:
         for start in range(0, len(prompts), batch_size):
-            replies += generate_replies_to_chats(model, tokenizer, prompts[start : start + batch_size], settings)
+            replies += reply(model, tokenizer, prompts[start : start + batch_size], settings)
             bar.update(min(batch_size, len(prompts) - start))
     del model
     gc.collect()

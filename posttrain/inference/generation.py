@@ -78,9 +78,25 @@ class Reply:
 
 def generate_replies_to_chats(model, tokenizer, chats: list[list[dict]], settings: GenerationSettings) -> list[Reply]:
     """One reply per chat, generated as one batch, with its length and whether it ended before max_new_tokens."""
+    return generate_replies_to_batch(model, tokenizer, encode_chats(tokenizer, chats), settings)
+
+
+def continue_texts(model, tokenizer, texts: list[str], settings: GenerationSettings) -> list[Reply]:
+    """One continuation per plain text, no chat template (how a base model is scored), generated as one batch."""
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        batch = tokenizer(texts, return_tensors="pt", padding=True)  # BOS where the tokenizer puts one
+    finally:
+        tokenizer.padding_side = side
+    return generate_replies_to_batch(model, tokenizer, batch, settings)
+
+
+def generate_replies_to_batch(model, tokenizer, batch, settings: GenerationSettings) -> list[Reply]:
+    """The replies that follow a left-padded batch of prompts."""
     import torch
 
-    batch = encode_chats(tokenizer, chats).to(model.device)
+    batch = batch.to(model.device)
     was_training = model.training
     model.eval()
     try:
