@@ -114,10 +114,33 @@ def test_a_reward_run_on_the_policy_base_scores_as_the_run_loaded_on_its_own(rew
 
     base = load_base_model(resolve_model("tiny-llama2"), "none", True, "fp32")
     policy = get_peft_model(base, lora_config(LoraSection()))
-    shared = RewardRunScore(policy, reward_run / "adapter", "reward_0", tokenizer)
+    shared = RewardRunScore(policy, reward_run / "adapter", "reward_0", tokenizer, "fp32")
     assert shared(prompts, completions) == pytest.approx(alone, abs=1e-4)
     assert policy.active_adapters == ["default"]
     assert all(p.requires_grad == (".default." in n) for n, p in policy.named_parameters() if "lora_" in n)
+
+
+def test_a_reward_run_scores_under_the_training_autocast(reward_run):
+    """TRL calls reward functions outside its autocast; a reward run must score as it trained (fp16 on a T4)."""
+    from peft import get_peft_model
+    from transformers import AutoTokenizer
+
+    from posttrain.models.loading import load_base_model, lora_config, resolve_model
+    from posttrain.rl.rewards import RewardRunScore
+    from posttrain.sections import LoraSection
+
+    tokenizer = AutoTokenizer.from_pretrained(reward_run)
+    base = load_base_model(resolve_model("tiny-llama2"), "none", True, "fp32")
+    policy = get_peft_model(base, lora_config(LoraSection()))
+    shared = RewardRunScore(policy, reward_run / "adapter", "reward_0", tokenizer, "bf16")
+    seen = []  # the autocast dtype each decoder layer ran under (None: no autocast)
+
+    def record(*_):
+        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+
+    policy.base_model.model.model.layers[0].register_forward_hook(record)
+    scores = shared([[{"role": "user", "content": "What is 2 plus 2?"}]], answers("Four."))
+    assert seen == [torch.bfloat16] and len(scores) == 1 and isinstance(scores[0], float)
 
 
 @pytest.mark.parametrize(

@@ -109,7 +109,7 @@ def train(stage: Stage, *, resume: bool, echo: Callable[[str], None] = print) ->
     config = trl_config(GRPOConfig, stage)
     config.reward_weights = [float(entry.get("weight", 1.0)) for entry in stage.recipe.grpo.rewards]
     model = trainable_model(stage, config)
-    functions = reward_functions(stage.data.rewards, stage.data.reward_runs, model, stage.tokenizer)
+    functions = reward_functions(stage.data.rewards, stage.data.reward_runs, model, stage.tokenizer, stage.precision)
     trainer = trl_trainer(GRPOTrainer, config, stage, model=model, reward_funcs=functions)
     return train_and_finish(stage, trainer, resume=resume, extra_metrics=lambda: reward_trend(trainer))
 

@@ -123,18 +123,22 @@ def guarded(function: Callable, label: str) -> Callable:
 
 
 class RewardRunScore:
-    """A reward run's score of each prompt + completion, its adapter active on the policy's base (no gradients)."""
+    """A reward run's score of each prompt + completion, its adapter active on the policy's base (no gradients),
+    under the autocast of `precision`: TRL calls reward functions outside the training autocast, and a reward run
+    scores as it was trained (in fp16 on a T4) only under it."""
 
-    def __init__(self, peft_model, adapter_dir: Path, name: str, tokenizer):
+    def __init__(self, peft_model, adapter_dir: Path, name: str, tokenizer, precision: str):
         from posttrain.rl.shared_model import _linear, _load_lora_onto
 
-        self.model, self.name, self.tokenizer = peft_model, name, tokenizer
+        self.model, self.name, self.tokenizer, self.precision = peft_model, name, tokenizer, precision
         score = _load_lora_onto(peft_model, adapter_dir, name, trainable=False)
         self.head = _linear(score, peft_model.config.hidden_size, peft_model.device)
         self.__name__ = f"reward_run_{adapter_dir.parent.name}"
 
     def __call__(self, prompts, completions, **_) -> list[float]:
         import torch
+
+        from posttrain.precision import autocast
 
         pairs = zip(prompts, completions, strict=True)
         conversations = [as_messages(p, "user") + as_messages(c, "assistant") for p, c in pairs]
@@ -146,13 +150,14 @@ class RewardRunScore:
         self.model.eval()  # no LoRA dropout in the score
         try:
             base.set_adapter(self.name)
-            with torch.no_grad():
+            with torch.no_grad(), autocast(self.precision, self.model.device.type):
                 hidden = base.model.model(**batch, use_cache=False).last_hidden_state.float()
+                last = batch["attention_mask"].sum(dim=1) - 1
+                scores = self.head(hidden[torch.arange(len(last), device=hidden.device), last]).squeeze(-1)
         finally:
             base.set_adapter(active)  # PEFT's switch also sets requires_grad: the policy trains again, this does not
             self.model.train(was_training)
-        last = batch["attention_mask"].sum(dim=1) - 1
-        return self.head(hidden[torch.arange(len(last), device=hidden.device), last]).squeeze(-1).tolist()
+        return scores.float().tolist()
 
 
 # ---------------------------------------------------------------- the recipe's list
@@ -174,10 +179,12 @@ def check_reward(entry: dict, key: str, columns: set[str]) -> Callable | None:
     return None
 
 
-def reward_functions(checked: list, runs: dict[int, Path], peft_model, tokenizer) -> list:
+def reward_functions(checked: list, runs: dict[int, Path], peft_model, tokenizer, precision: str) -> list:
     """TRL's reward_funcs, in the recipe's order: the reward runs (None in `checked`) get their adapters on
-    `peft_model` now."""
+    `peft_model` now, and score under the autocast of `precision`."""
     return [
-        function if function is not None else RewardRunScore(peft_model, runs[index], f"reward_{index}", tokenizer)
+        function
+        if function is not None
+        else RewardRunScore(peft_model, runs[index], f"reward_{index}", tokenizer, precision)
         for index, function in enumerate(checked)
     ]
