@@ -23,12 +23,14 @@ lint: $(INSTALLED)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 # The GPU acceptance check (docs/benchmarks.md). It does not set up .venv, since a GPU machine may have no network:
-# point VENV at the Python that has torch and WHEELS at benchmarks/fetch_gpu_wheels.sh's folder.
+# point GPU_PYTHON at the Python that has torch (or VENV at its venv) and WHEELS at benchmarks/fetch_gpu_wheels.sh's
+# folder. What is below a pyproject.toml floor is installed into that Python's environment from WHEELS (--upgrade).
 GPU_CHECK_OUTPUT ?= benchmarks/results/gpu_check
+GPU_PYTHON ?= $(VENV)/bin/python
 WHEELS ?=
 
 gpu-check:
-	$(VENV)/bin/python benchmarks/gpu_check.py --output $(GPU_CHECK_OUTPUT) $(if $(WHEELS),--wheels $(WHEELS))
+	$(GPU_PYTHON) benchmarks/gpu_check.py --output $(GPU_CHECK_OUTPUT) $(if $(WHEELS),--wheels $(WHEELS))
 
 $(INSTALLED): pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh $(VENV)

@@ -9,9 +9,13 @@ On the GPU it emulates a T4: fp16 everywhere (even where bf16 exists) and PyTorc
   - generate, merge and eval (accuracy, winrate, perplexity) on the trained runs of both models;
   - seconds per step of posttrain against plain TRL with the same settings, for sft and dpo (7B shape);
   - a PPO run interrupted after a checkpoint and resumed with --resume, which must repeat the uninterrupted one.
-It writes gpu_check.json and gpu_check.md into --output. Missing packages (trl, bitsandbytes, datasets) are installed
-from --wheels (see benchmarks/fetch_gpu_wheels.sh); anything still missing is named and the check stops (exit 2).
---tiny checks the script itself on a CPU: tiny-llama2 only, 2 steps, no 7B shape and no GPU figures.
+It writes gpu_check.json and gpu_check.md into --output. First, within seconds and before anything loads, every
+direct dependency must be at a version pyproject.toml admits (read when the check starts), and so must what those
+packages require (benchmarks/gpu_check_gate.py); what is not is installed with --upgrade from --wheels (see
+benchmarks/fetch_gpu_wheels.sh), and what no carried wheel satisfies is named (package, found, needed) and the check
+stops (exit 2). It passes only when every command exits 0, no training run had more than 10% of its steps skipped by
+fp16's loss scaler or logged a loss that is not a finite number, both speed rows were measured and PPO --resume
+repeated the run. --tiny checks the script itself on a CPU: tiny-llama2 only, 2 steps, no 7B shape, no GPU figures.
 
     python benchmarks/gpu_check.py --output DIR [--wheels DIR] [--layers 4] [--tiny] [--work DIR] [--budget-s 480]
 """
@@ -22,9 +26,9 @@ import argparse
 import importlib
 import importlib.metadata
 import json
+import math
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,60 +36,54 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # this tree's posttrain, installed or not
-NEEDED = {  # distribution: module
-    "torch": "torch",
-    "transformers": "transformers",
-    "accelerate": "accelerate",
-    "peft": "peft",
-    "trl": "trl",
-    "bitsandbytes": "bitsandbytes",
-    "datasets": "datasets",
-    "typer": "typer",
-    "pyyaml": "yaml",
-    "safetensors": "safetensors",
-}
 T4_USABLE_GIB = 14.5
+T4_CAPABILITY = (7, 5)
 SPEED_METHODS = ("sft", "dpo")
+MOST_SKIPPED = 0.10  # share of a run's optimizer steps fp16's loss scaler may skip (an overflow), and still pass
 
 
 # ---------------------------------------------------------------- what the check needs
 
 
-def installed(distribution: str) -> str | None:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def ensure_requirements(wheels: Path | None) -> dict:
-    """Install the missing packages from the wheel folder (no index: the GPU machine has no network), then import
-    each needed module. A wheel whose own dependency is missing or too old shows up here as an import error."""
-    from_wheels, pip_error = [], None
-    if wheels and any(installed(dist) is None for dist in NEEDED):
-        wanted = [w for w in sorted(wheels.glob("*.whl")) if installed(w.name.split("-")[0]) is None]
-        if wanted:
-            # --no-deps: the wheels are exactly what the machine lacks; resolving against an index is impossible
-            command = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-cache-dir"]
-            done = subprocess.run(command + [str(w) for w in wanted], capture_output=True, text=True)
-            if done.returncode == 0:
-                from_wheels = [w.name for w in wanted]
-            else:  # pip installs all or nothing: say why, and the import check below names what is missing
-                pip_error = (done.stdout + done.stderr).strip()[-2000:]
-                print(f"pip install from {wheels} failed:\n{pip_error}", file=sys.stderr)
-            importlib.invalidate_caches()
-    errors = {}
-    for dist, module in NEEDED.items():
+    """The version gate (gpu_check_gate.py), then an import of each direct dependency: a library that fails at
+    import (a CUDA library not found) shows up here, before any command runs."""
+    from gpu_check_gate import GateError, declared, gate
+    from packaging.utils import canonicalize_name
+
+    pyproject = ROOT / "pyproject.toml"
+    try:
+        found = gate(pyproject, wheels) | {"problem": None, "import_errors": {}}
+    except GateError as err:
+        return {"problem": str(err), "import_errors": {}}
+    modules = {}  # distribution: its importable top-level modules
+    for module, dists in importlib.metadata.packages_distributions().items():
+        for dist in dists:
+            modules.setdefault(canonicalize_name(dist), []).append(module)
+    for requirement in declared(pyproject):
+        names = sorted(m for m in modules.get(canonicalize_name(requirement.name), []) if not m.startswith("_"))
+        module = requirement.name.replace("-", "_") if requirement.name.replace("-", "_") in names else names[0]
         try:
             importlib.import_module(module)
-        except Exception as err:  # ImportError, or a library failing at import (a CUDA library not found)
-            errors[dist] = f"{type(err).__name__}: {err}"[:300]
-    return {
-        "installed_from_wheels": from_wheels,
-        "pip_error": pip_error,
-        "missing": errors,
-        "versions": {dist: installed(dist) for dist in NEEDED},
-    }
+        except Exception as err:  # ImportError, or a library failing at import
+            found["import_errors"][requirement.name] = f"{type(err).__name__}: {err}"[:300]
+    return found
+
+
+def emulate_t4() -> None:
+    """Make this process's GPU act as a T4 for every command (they all run here, through the CLI): PyTorch's memory
+    capped at a T4's usable 14.5 GiB, and posttrain planning for that much (activation_checkpointing: auto, the
+    too-big warning); compute capability 7.5, so posttrain's automatic precision is fp16 everywhere (generate and
+    eval included); no flash attention in SDPA, which a T4 lacks (the memory-efficient kernel remains)."""
+    import torch
+
+    from posttrain.plan.fit import GPU_MEMORY_VARIABLE
+
+    total = torch.cuda.get_device_properties(0).total_memory / 2**30
+    torch.cuda.set_per_process_memory_fraction(min(1.0, T4_USABLE_GIB / total))
+    os.environ[GPU_MEMORY_VARIABLE] = str(T4_USABLE_GIB)
+    torch.cuda.get_device_capability = lambda device=None: T4_CAPABILITY
+    torch.backends.cuda.enable_flash_sdp(False)
 
 
 # ---------------------------------------------------------------- the report
@@ -113,24 +111,28 @@ def markdown(d: dict) -> str:
         "",
         f"- machine: {d['machine']}",
         f"- emulating: {d['emulating']}",
-        f"- versions: {', '.join(f'{k} {v}' for k, v in d['requirements']['versions'].items())}",
         f"- took {d.get('elapsed_s')} s; all passed: {d.get('all_passed')}",
     ]
-    if d["requirements"]["missing"]:
-        lines += ["", "**Missing, so nothing ran:**"] + [f"- {k}: {v}" for k, v in d["requirements"]["missing"].items()]
-        if d["requirements"]["pip_error"]:
-            lines += ["", "pip install from the wheel folder failed:", "", "```", d["requirements"]["pip_error"], "```"]
+    needs = d["requirements"]
+    if needs["problem"] or needs["import_errors"]:
+        lines += ["", "**Requirements not met, so nothing ran:**", "", "```", needs["problem"] or "", "```"]
+        lines += [f"- {k} does not import: {v}" for k, v in needs["import_errors"].items()]
         return "\n".join(lines) + "\n"
+    versions = [f"{k} {v} (needs {needs['needed'][k] or 'any'})" for k, v in needs["versions"].items()]
+    lines += [f"- versions: {', '.join(versions)}"]
+    lines += [f"- installed from the carried wheels: {', '.join(needs['installed_from_wheels']) or 'none'}"]
     lines += ["", "## Training methods", ""]
-    lines += ["| model | method | exit | s | peak GiB | plan GiB | abs error GiB | loss or score, first → last |"]
-    lines += ["|---|---|---|---|---|---|---|---|"]
+    lines += ["| model | method | exit | s | peak GiB | plan GiB | abs error GiB | loss or score, first → last | "]
+    lines[-1] += "fp16 skipped |"
+    lines += ["|---|---|---|---|---|---|---|---|---|"]
     for r in d.get("methods", []):
         first = next((r[k] for k in ("first_loss", "first_score") if k in r), None)
         last = next((r[k] for k in ("last_loss", "last_score") if k in r), None)
+        skipped = f"{r['fp16_skipped']} of {r['optimizer_steps']}" if "fp16_skipped" in r else "–"
         lines.append(
             f"| {r['model']} | {r['method']} | {cell(r.get('exit_code'))} | {cell(r.get('seconds'))} | "
             f"{cell(r.get('peak_gib'))} | {cell(r.get('predicted_gib'))} | {cell(r.get('abs_error_gib'))} | "
-            f"{cell(first)} → {cell(last)} |"
+            f"{cell(first)} → {cell(last)} | {skipped} |"
         )
     lines += ["", "## Using the trained runs", "", "| model | command | exit | s | peak GiB | result |"]
     lines += ["|---|---|---|---|---|---|"]
@@ -150,10 +152,12 @@ def markdown(d: dict) -> str:
     resume = d.get("ppo_resume") or {}
     lines += ["", "## PPO --resume", "", f"reproduced: {resume.get('reproduced')}; "]
     lines[-1] += f"largest relative difference {cell(resume.get('max_relative_difference'))}"
-    failures = [r for r in d.get("methods", []) + d.get("use", []) if r.get("error")]
-    if failures:
-        lines += ["", "## Failures"]
-        for r in failures:
+    if d.get("failures"):
+        lines += ["", "## Why it did not pass", ""] + [f"- {line}" for line in d["failures"]]
+    errors = [r for r in d.get("methods", []) + d.get("use", []) if r.get("error")]
+    if errors:
+        lines += ["", "## Errors"]
+        for r in errors:
             lines += ["", f"`{r['command']}`", "", "```", r["error"][-1500:], "```"]
     commands = d.get("methods", []) + d.get("use", [])
     skipped = [r["command"] for r in commands if r.get("exit_code") is None and not r.get("error")]
@@ -172,7 +176,13 @@ def train_methods(model: str, base: str, runs: Path, data: dict, steps: int, gpu
 
     rows = []
     for method in training_methods():
-        recipe, settings = shipped_t4_recipe(method, Path(base), runs, steps) if model != "tiny-llama2" else (None, [])
+        try:  # a shipped recipe that does not load is this method's failure, never a fall back to a small recipe
+            shipped = model != "tiny-llama2"
+            recipe, settings = shipped_t4_recipe(method, Path(base), runs, steps) if shipped else (None, [])
+        except Exception as err:
+            rows.append({"model": model, "method": method, "command": f"posttrain {method}", "exit_code": None})
+            rows[-1]["error"] = f"llama2-7b/{method}-qlora-t4 does not load: {type(err).__name__}: {err}"[:3000]
+            continue
         if recipe is None:
             path = write_small_recipe(method, base, runs, data, steps, gpu)
             if path is None:
@@ -186,7 +196,7 @@ def train_methods(model: str, base: str, runs: Path, data: dict, steps: int, gpu
             row = train_and_measure(method, model, recipe, settings, runs / method)
         finally:
             if timer:
-                timed[method] = {"recipe": recipe, "settings": settings, "times": timer.remove()}
+                timed[method] = {"times": timer.remove()}  # plain TRL then runs with this run's recipe.yaml
         rows.append(row)
         print(f"{model} {method}: exit {row['exit_code']}, {row['seconds']} s, peak {row['peak_gib']} GiB", flush=True)
     return rows
@@ -194,17 +204,17 @@ def train_methods(model: str, base: str, runs: Path, data: dict, steps: int, gpu
 
 def shipped_t4_recipe(method: str, base: Path, runs: Path, steps: int) -> tuple[str | None, list[str]]:
     """llama2-7b/METHOD-qlora-t4 pointed at the random model and rows that fill its max_length, as
-    benchmarks/plan_vs_measured.py runs it; (None, []) for a method without a shipped T4 recipe."""
+    benchmarks/plan_vs_measured.py runs it; (None, []) for a method without a shipped T4 recipe. A recipe that is
+    shipped but does not load raises."""
     from plan_vs_measured import settings_of, write_rows
     from transformers import AutoTokenizer
 
-    from posttrain.recipe import load_recipe
+    from posttrain.recipe import load_recipe, shipped_recipes
 
     name = f"llama2-7b/{method}-qlora-t4"
-    try:
-        load_recipe(name)
-    except Exception:
+    if name not in shipped_recipes():
         return None, []
+    load_recipe(name)
     rows = write_rows(runs / f"{method}-rows.jsonl", method, AutoTokenizer.from_pretrained(base))
     if method == "rs":  # rs samples every prompt: 4 are enough to measure it
         rows.write_text("".join(rows.read_text().splitlines(keepends=True)[:4]))
@@ -223,7 +233,7 @@ def speed(model: str, timed: dict, model_dir: str, runs: Path, warmup: int) -> l
         row = {"model": model, "method": method, "posttrain_s_per_step": s_per_step(run["times"], warmup)}
         row["posttrain_step_times"] = [round(t, 4) for t in run["times"]]
         try:
-            plain = plain_trl_s_per_step(method, run["recipe"], run["settings"], model_dir, runs / method)
+            plain = plain_trl_s_per_step(method, runs / method, model_dir)
             row["trl_s_per_step"] = s_per_step(plain["times"], warmup)
             row["trl_step_times"] = plain["times"]
         except Exception as err:
@@ -255,12 +265,14 @@ def main() -> None:
 
     requirements = ensure_requirements(args.wheels)
     report = Report(args.output, {"machine": platform.machine(), "emulating": None, "requirements": requirements})
-    if requirements["missing"]:
+    if requirements["problem"] or requirements["import_errors"]:
         report.data |= {"all_passed": False, "elapsed_s": round(time.perf_counter() - started, 1)}
         report.save()
+        broken = [f"  {k} does not import: {v}" for k, v in requirements["import_errors"].items()]
+        print("\n".join([requirements["problem"] or "", *broken]).strip(), file=sys.stderr)
         print(
-            f"missing: {', '.join(requirements['missing'])} (details in {args.output / 'gpu_check.md'}). Fetch "
-            "wheels with benchmarks/fetch_gpu_wheels.sh DIR on a machine with network, then pass --wheels DIR.",
+            f"(also in {args.output / 'gpu_check.md'}) Fetch wheels with benchmarks/fetch_gpu_wheels.sh DIR on a "
+            "machine with network, then pass --wheels DIR.",
             file=sys.stderr,
         )
         sys.exit(2)
@@ -272,11 +284,11 @@ def main() -> None:
     if not gpu and not args.tiny and not args.shape_config:
         sys.exit("no GPU: run with --tiny (or --shape-config SMALL.json) to check the script itself on a CPU.")
     if gpu:
-        total = torch.cuda.get_device_properties(0).total_memory / 2**30
-        torch.cuda.set_per_process_memory_fraction(min(1.0, T4_USABLE_GIB / total))
+        emulate_t4()
+    t4 = f"T4: fp16 (compute capability 7.5), no flash SDPA, PyTorch memory capped at {T4_USABLE_GIB} GiB"
     report.data |= {
         "machine": f"{platform.machine()}, {torch.cuda.get_device_name() if gpu else 'no GPU'}",
-        "emulating": f"T4: fp16, PyTorch memory capped at {T4_USABLE_GIB} GiB" if gpu else "no GPU: plumbing only",
+        "emulating": t4 if gpu else "no GPU: plumbing only",
         "cap_gib": T4_USABLE_GIB if gpu else None,
         "layers_of_7b_shape": None if args.tiny else args.layers,
         "methods": [],
@@ -285,6 +297,7 @@ def main() -> None:
     }
     run_parts(args, report, gpu, started)
     report.data["elapsed_s"] = round(time.perf_counter() - started, 1)
+    report.data["failures"] = failures(report.data)
     report.data["all_passed"] = passed(report.data)
     report.save()
     print(f"wrote {args.output / 'gpu_check.json'} and gpu_check.md; all passed: {report.data['all_passed']}")
@@ -331,13 +344,28 @@ def run_model(args, report: Report, model: str, base: str, runs: Path, data: dic
 
 
 def passed(d: dict) -> bool:
+    """Every command exited 0; no training run logged a loss that is not a finite number or had more than 10% of its
+    optimizer steps skipped by fp16's loss scaler; posttrain and plain TRL were both timed for each speed method; and
+    the resumed PPO run repeated the uninterrupted one."""
+    return not failures(d)
+
+
+def failures(d: dict) -> list[str]:
+    """Why the check does not pass, one line each (none when it passes)."""
     commands = d["methods"] + d["use"]
-    return (
-        bool(commands)
-        and all(r.get("exit_code") == 0 for r in commands)
-        and all(r.get("trl_s_per_step") and r.get("posttrain_s_per_step") for r in d["speed"])
-        and bool((d.get("ppo_resume") or {}).get("reproduced"))
-    )
+    found = [] if commands else ["no command ran"]
+    found += [f"`{r['command']}` exited {r.get('exit_code')}" for r in commands if r.get("exit_code") != 0]
+    for r in d["methods"]:
+        where = f"{r['model']} {r['method']}"
+        if not all(math.isfinite(loss) for loss in r.get("losses", [])):
+            found.append(f"{where} logged a loss that is not a finite number: {r['losses']}")
+        if r.get("fp16_skipped") and r["fp16_skipped"] > MOST_SKIPPED * max(r.get("optimizer_steps") or 0, 1):
+            found.append(f"{where}: fp16 skipped {r['fp16_skipped']} of {r['optimizer_steps']} optimizer steps")
+    measured = {r["method"] for r in d["speed"] if r.get("trl_s_per_step") and r.get("posttrain_s_per_step")}
+    found += [f"no speed row for {m} with both sides timed" for m in SPEED_METHODS if m not in measured]
+    if not (d.get("ppo_resume") or {}).get("reproduced"):
+        found.append("PPO --resume did not repeat the uninterrupted run")
+    return found
 
 
 if __name__ == "__main__":

@@ -92,18 +92,36 @@ def predicted_gib(recipe: str, settings: list[str]) -> dict:
 
 
 def headline(run: Path) -> dict:
-    """First and last loss (TRL methods, rs) or score (ppo) of a finished run, from its metrics.json."""
+    """From a finished run's metrics.json: first and last loss (TRL methods, rs) or score (ppo), every logged loss
+    (passed() refuses one that is not a finite number), and the share of optimizer steps fp16's loss scaler skipped
+    where the run records it (TRL methods: fp16_skipped_steps of final_step; ppo: fp16_skipped_updates of its
+    updates; rs keeps no count in its metrics.json)."""
     path = run / "metrics.json"
     if not path.is_file():
         return {}
-    metrics = json.loads(path.read_text(encoding="utf-8"))
+    metrics = json.loads(path.read_text(encoding="utf-8"))  # json reads the NaN and Infinity Python writes
     if "steps" in metrics:  # ppo
-        values, name = [s["score"] for s in metrics["steps"]], "score"
+        entries, name = metrics["steps"], "score"
     elif "rounds" in metrics:  # rs
-        values, name = [r["train_loss"] for r in metrics["rounds"]], "loss"
+        entries, name = metrics["rounds"], "train_loss"
     else:
-        values, name = [e["loss"] for e in metrics.get("log_history", []) if "loss" in e], "loss"
-    return {f"first_{name}": round(values[0], 4), f"last_{name}": round(values[-1], 4)} if values else {}
+        entries, name = metrics.get("log_history", []), "loss"
+    values = [e[name] for e in entries if name in e]
+    label = "score" if name == "score" else "loss"
+    found = {f"first_{label}": round(values[0], 4), f"last_{label}": round(values[-1], 4)} if values else {}
+    found["losses"] = [v for e in entries for k, v in e.items() if "loss" in k and isinstance(v, int | float)]
+    return found | skipped_share(run, metrics)
+
+
+def skipped_share(run: Path, metrics: dict) -> dict:
+    """fp16_skipped and the optimizer steps (updates, for ppo) it is a share of, or {} where the run has no count."""
+    if "fp16_skipped_steps" in metrics:
+        return {"fp16_skipped": metrics["fp16_skipped_steps"], "optimizer_steps": metrics.get("final_step")}
+    if "fp16_skipped_updates" in metrics:  # ppo: ppo_epochs passes over the batch, one update per mini-batch
+        ppo = yaml.safe_load((run / "recipe.yaml").read_text(encoding="utf-8"))["ppo"]
+        per_step = ppo["ppo_epochs"] * -(-ppo["batch_size"] // ppo["mini_batch_size"])
+        return {"fp16_skipped": metrics["fp16_skipped_updates"], "optimizer_steps": per_step * len(metrics["steps"])}
+    return {}
 
 
 def train_and_measure(method: str, model: str, recipe: str, settings: list[str], run: Path) -> dict:

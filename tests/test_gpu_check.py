@@ -56,3 +56,187 @@ def test_posttrain_and_plain_trl_are_both_timed_and_ppo_resume_repeats_the_run(c
     assert all(row["posttrain_s_per_step"] and row["trl_s_per_step"] for row in report["speed"])
     assert report["ppo_resume"]["reproduced"] and report["ppo_resume"]["max_relative_difference"] == 0
     assert report["all_passed"]
+
+
+# ---------------------------------------------------------------- what passes, without running the check
+
+sys.path.insert(0, str(SCRIPT.parent))
+
+
+def passing_report() -> dict:
+    """A report every criterion of passed() accepts: the shape gpu_check.py writes."""
+    method = {"model": "m", "method": "sft", "command": "posttrain sft r.yaml", "exit_code": 0}
+    method |= {"losses": [2.1, 1.9, 1.7], "fp16_skipped": 0, "optimizer_steps": 10}
+    speed = [{"method": m, "posttrain_s_per_step": 0.5, "trl_s_per_step": 0.6} for m in ("sft", "dpo")]
+    use = [{"command": "posttrain generate", "exit_code": 0}]
+    return {"methods": [method], "use": use, "speed": speed, "ppo_resume": {"reproduced": True}}
+
+
+def test_passed_accepts_a_report_that_meets_every_criterion():
+    from gpu_check import passed
+
+    assert passed(passing_report())
+
+
+def test_passed_refuses_a_run_whose_fp16_scaler_skipped_more_than_a_tenth_of_its_steps():
+    from gpu_check import failures, passed
+
+    report = passing_report()
+    report["methods"][0]["fp16_skipped"] = 2  # of 10
+    assert not passed(report)
+    assert failures(report) == ["m sft: fp16 skipped 2 of 10 optimizer steps"]
+
+
+def test_passed_refuses_a_run_that_logged_a_nan_loss():
+    from gpu_check import passed
+
+    report = passing_report()
+    report["methods"][0]["losses"] = [2.1, float("nan"), 1.7]
+    assert not passed(report)
+
+
+def test_passed_refuses_a_check_without_both_speed_rows():
+    from gpu_check import passed
+
+    report = passing_report()
+    report["speed"] = report["speed"][:1]
+    assert not passed(report)
+    report["speed"] = []
+    assert not passed(report)
+
+
+def test_plain_trl_sft_runs_with_posttrains_settings_but_for_the_listed_fields(tmp_path, monkeypatch):
+    """The speed comparison's two sides: posttrain's SFTConfig (built as `posttrain sft` builds it, defaults and
+    `auto` values settled) and the plain TRL one from that run's recipe.yaml are equal in every field but DIFFERS."""
+    import yaml
+    from gpu_check_runs import small_recipe, write_data
+    from gpu_check_speed import DIFFERS, plain_trl_config
+
+    from posttrain.methods import sft
+    from posttrain.methods.common import start_run
+    from posttrain.recipe import load_recipe
+
+    data = write_data(tmp_path / "data")
+    recipe = small_recipe("sft", "tiny-llama2", tmp_path, data["sft"], "base", steps=2, gpu=False)
+    for key in ("activation_checkpointing", "report_to", "logging_steps", "save_strategy"):
+        del recipe["train"][key]  # posttrain's defaults and its `auto` then decide, as in the shipped recipes
+    (tmp_path / "sft.yaml").write_text(yaml.safe_dump(recipe))
+    stage = sft.prepare(load_recipe(str(tmp_path / "sft.yaml")), echo=lambda _: None)
+    start_run(stage, resume=False, overwrite=True)  # writes the run's recipe.yaml
+    stage.run.release()
+    monkeypatch.setattr(sft, "trl_trainer", lambda cls, config, stage, **extra: config)  # the config, no model
+    ours = sft.build_trainer(stage).to_dict()
+    plain = plain_trl_config("sft", stage.run.path, tmp_path / "plain").to_dict()
+    assert ours["padding_free"] and ours["assistant_only_loss"]  # the settings the comparison is about
+    assert {key for key in ours if ours[key] != plain.get(key)} - set(DIFFERS) == set()
+
+
+# ---------------------------------------------------------------- the version gate, on fake distributions
+
+
+def fake_site(folder: Path, name: str, version: str, requires: tuple[str, ...] = ()) -> None:
+    """An installed distribution as importlib.metadata finds it (what pip leaves in site-packages)."""
+    for old in folder.glob(f"{name}-*.dist-info"):
+        for file in old.iterdir():
+            file.unlink()
+        old.rmdir()
+    info = folder / f"{name}-{version}.dist-info"
+    info.mkdir(parents=True)
+    lines = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"] + [
+        f"Requires-Dist: {r}" for r in requires
+    ]
+    (info / "METADATA").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch) -> Path:
+    import importlib
+
+    folder = tmp_path / "site"
+    folder.mkdir()
+    monkeypatch.syspath_prepend(str(folder))
+    importlib.invalidate_caches()
+    (tmp_path / "pyproject.toml").write_text('[project]\ndependencies = ["ptfake-lib>=2.0,<3", "ptfake-data>=1.0"]\n')
+    return folder
+
+
+def test_gate_stops_naming_package_found_and_needed_versions_when_no_wheel_is_carried(site):
+    from gpu_check_gate import GateError, gate
+
+    fake_site(site, "ptfake_lib", "1.5")
+    fake_site(site, "ptfake_data", "1.0")
+    with pytest.raises(GateError, match=r"ptfake-lib: found 1\.5, needed <3,>=2\.0 \(by pyproject\.toml\)"):
+        gate(site.parent / "pyproject.toml", None, install=lambda wheels: pytest.fail("nothing to install"))
+
+
+def test_gate_installs_the_carried_wheel_with_upgrade_when_below_the_floor(site, monkeypatch):
+    import subprocess
+
+    import gpu_check_gate
+
+    fake_site(site, "ptfake_lib", "1.5")
+    fake_site(site, "ptfake_data", "1.0")
+    wheels = site.parent / "wheels"
+    wheels.mkdir()
+    for name in ("ptfake_lib-2.1-py3-none-any.whl", "ptfake_lib-1.4-py3-none-any.whl", "other-9.0-py3-none-any.whl"):
+        (wheels / name).write_bytes(b"")
+    commands = []
+
+    def pip(command, **kwargs):  # what pip would leave behind
+        commands.append(command)
+        fake_site(site, "ptfake_lib", "2.1")
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(gpu_check_gate.subprocess, "run", pip)
+    found = gpu_check_gate.gate(site.parent / "pyproject.toml", wheels)
+    assert len(commands) == 1 and "--upgrade" in commands[0] and "--no-index" in commands[0]
+    assert commands[0][-1] == str(wheels / "ptfake_lib-2.1-py3-none-any.whl")  # only the wheel that meets the floor
+    assert found["versions"] == {"ptfake-lib": "2.1", "ptfake-data": "1.0"}
+    assert found["installed_from_wheels"] == ["ptfake_lib-2.1-py3-none-any.whl"]
+
+
+def test_gate_checks_what_a_dependency_itself_requires(site):
+    """datasets is carried as a wheel installed without its dependencies: its Requires-Dist must hold too."""
+    from gpu_check_gate import GateError, gate
+
+    fake_site(site, "ptfake_lib", "2.0")
+    fake_site(site, "ptfake_data", "1.0", requires=("ptfake-arrow>=24", "ptfake-never; python_version < '3'"))
+    fake_site(site, "ptfake_arrow", "20.0")
+    with pytest.raises(GateError, match=r"ptfake-arrow: found 20\.0, needed >=24 \(by ptfake-data 1\.0\)") as err:
+        gate(site.parent / "pyproject.toml", None)
+    assert "ptfake-never" not in str(err.value)  # a requirement whose marker does not hold here is not one
+
+
+# ---------------------------------------------------------------- the T4's memory reaches posttrain's plan
+
+
+H200 = ("cuda", "NVIDIA H200", (9, 0))
+
+
+@pytest.mark.parametrize(("memory", "checkpointed"), [("14.5", True), ("141", False)])
+def test_auto_checkpointing_plans_for_the_gpu_memory_variable(monkeypatch, memory, checkpointed):
+    """gpu_check.py caps a large GPU at a T4's 14.5 GiB; `auto` must decide as on a T4 (7B sft needs ~17 GiB
+    without checkpointing), not from the whole GPU's memory."""
+    from posttrain.plan.fit import resolve_auto_checkpointing
+    from posttrain.precision import Hardware
+    from posttrain.recipe import load_recipe
+
+    monkeypatch.setenv("POSTTRAIN_GPU_MEMORY_GIB", memory)
+    recipe = load_recipe("llama2-7b/sft-qlora-t4", ["train.activation_checkpointing=auto"])
+    line = resolve_auto_checkpointing(recipe, Hardware(*H200), "fp16")
+    assert recipe.train["activation_checkpointing"] is checkpointed
+    assert f"of {float(memory):.3g} GiB GPU memory" in line[0]
+
+
+@pytest.mark.parametrize(("memory", "warned"), [("14.5", True), ("141", False)])
+def test_the_too_big_warning_plans_for_the_gpu_memory_variable(monkeypatch, memory, warned):
+    from posttrain.plan import fit
+    from posttrain.precision import Hardware
+    from posttrain.recipe import load_recipe
+
+    monkeypatch.setenv("POSTTRAIN_GPU_MEMORY_GIB", memory)
+    monkeypatch.setattr(fit, "detect_hardware", lambda: Hardware(*H200))
+    recipe = load_recipe("llama2-7b/sft-qlora-t4", ["train.activation_checkpointing=false"])
+    said = []
+    fit.warn_if_too_big(recipe, said.append)
+    assert bool(said) is warned, said
