@@ -58,7 +58,9 @@ class SamplingSection:
     missing_eos_penalty: float = field(
         default=1.0, metadata=about("subtracted from the score of a response with no EOS, however it was scored")
     )
-    seed: int = field(default=42, metadata=about("seed of sampling and prompt order"))
+    seed: int = field(
+        default=42, metadata=about("seed of sampling and prompt order (rs: and of its fine-tuning, unless train.seed)")
+    )
     eval_prompts: str | None = field(
         default="builtin:pirate_heldout",
         metadata=about(
@@ -132,6 +134,17 @@ class PPOSection(SamplingSection):
         default=True, metadata=about("recompute each layer in the backward pass: less memory, slower optimisation")
     )
     save_steps: int = field(default=10, metadata=about("checkpoint every this many steps"))
+    kl_budget: float | None = field(
+        default=None,
+        metadata=about("most KL per response (nats) a step may reach; the held-out check says if every step did"),
+    )
+    judge: str | None = field(
+        default=None,
+        metadata=about(
+            "a second reward run (same pairs, another seed) that also judges the held-out check; the policy never "
+            "optimises it (null: none)"
+        ),
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -156,6 +169,8 @@ class PPOSection(SamplingSection):
                 "ppo.ptx_coef is set but ppo.ptx_data is not: name the conversations whose answers the ptx loss keeps "
                 "likely (the SFT data, e.g. builtin:pirate_sft), or set ppo.ptx_coef: 0."
             )
+        if self.kl_budget is not None and self.kl_budget <= 0:
+            raise UserError(f"ppo.kl_budget must be above 0 nats (null: none), got {self.kl_budget}.")
         if self.kl_horizon < 1:
             raise UserError(f"ppo.kl_horizon must be at least 1 response, got {self.kl_horizon}.")
         if self.mini_batch_size > self.batch_size or self.batch_size % self.mini_batch_size:
@@ -175,6 +190,13 @@ class RSSection(SamplingSection):
     keep_cut_off: bool = field(
         default=False,
         metadata=about("keep a prompt whose every answer was cut off (its best is then trained to stop there)"),
+    )
+    judge: str | None = field(
+        default=None,
+        metadata=about(
+            "a second reward run (same pairs, another seed) that also judges the held-out check; the policy never "
+            "optimises it (null: none)"
+        ),
     )
 
     def __post_init__(self) -> None:

@@ -3,9 +3,12 @@ trained model against the model it started from.
 
 A rising reward during training can be the policy finding the reward model's blind spots (issue #19: every answer
 cut off, garbled text, a KL of 4.5 nats). So both models answer the held-out prompts greedily, and the report gives
-the win-rate of the trained model judged by the reward run (with eval winrate's bootstrap interval), fluency as the
-base model's perplexity of each model's answers (eval perplexity's sliding-window NLL), the mean answer length and
-the share of answers cut off at max_new_tokens. Models are loaded one at a time, as in `eval winrate`.
+the win-rate of the trained model judged by the reward run (with eval winrate's bootstrap interval) and, when the
+recipe names one, by a second reward run that the policy never optimised (Gao et al. 2022's check for
+over-optimisation); fluency as the base model's perplexity of each model's answers (eval perplexity's sliding-window
+NLL) beside that of the SFT data's own answers (posttrain.evaluation.taught_text); the share of answers that loop
+(posttrain.evaluation.loops), the mean answer length and the share cut off at max_new_tokens. The bars these meet or
+miss are in posttrain.evaluation.heldout_bars. Models are loaded one at a time, as in `eval winrate`.
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ import math
 import statistics
 from collections.abc import Callable
 
+from posttrain.evaluation.heldout_bars import heldout_bars
+from posttrain.evaluation.loops import has_loop
+from posttrain.evaluation.taught_text import TaughtText
 from posttrain.inference.generation import GenerationSettings, Reply
 
 RESAMPLES = 1000
@@ -33,12 +39,15 @@ def heldout_report(
     quantization: str,
     truncated_score: float | None,
     seed: int,
+    second_judge: str | None = None,
+    taught: TaughtText | None = None,
     echo: Callable[[str], None] = print,
 ) -> dict:
     """The report on `prompts` (each a chat ending in a user turn). `start` and `trained` are model names or run
-    folders, `judge` a reward run, `base` the base model whose perplexity measures fluency. A cut-off answer is
-    judged as the run scored one in training (`truncated_score`, or None: with its turn closed)."""
-    from posttrain.evaluation.winrate import OUTCOME_VALUE, bootstrap_interval, generate_replies, judge_pairs
+    folders, `judge` the reward run the policy optimised and `second_judge` another one (or None), `base` the base
+    model whose perplexity measures fluency, `taught` the SFT data's answers scored beside the held-out ones. A
+    cut-off answer is judged as the run scored one in training (`truncated_score`, or None: with its turn closed)."""
+    from posttrain.evaluation.winrate import generate_replies, judge_pairs
 
     settings = GenerationSettings(max_new_tokens=max_new_tokens)  # greedy: cheap and the same on every rerun
     replies = {
@@ -46,36 +55,66 @@ def heldout_report(
         # a run keeps its own template; a base model the policy started from takes the recipe's
         "start": generate_replies(start, prompts, settings, seed, start_chat_template, 8, echo),
     }
-    echo(f"judging {len(prompts)} held-out pairs with {judge}")
-    pairs = judge_pairs(judge, prompts, replies["trained"], replies["start"], 0.0, truncated_score)
-    values = [OUTCOME_VALUE[pair["winner"]] for pair in pairs]
+    judged = {}
+    for name, run in (("reward", judge), ("judge", second_judge)):
+        if run:
+            echo(f"judging {len(prompts)} held-out pairs with {run}")
+            judged[name] = judge_pairs(run, prompts, replies["trained"], replies["start"], 0.0, truncated_score)
     texts = {role: [reply.text for reply in replies[role]] for role in replies}
-    nlls = answer_nlls(base, texts, quantization)
-    perplexities = {role: perplexity(nlls[role]) for role in nlls}
+    nlls = answer_nlls(base, texts | ({"taught": taught.answers} if taught else {}), quantization)
+    answers = answer_rows(judged, nlls)
+    report = {
+        "prompts": len(prompts),
+        "max_new_tokens": max_new_tokens,
+        **outcome(judged["reward"], seed),  # of the trained model over the start, judged by the optimised reward run
+        "judge": {"run": second_judge, **outcome(judged["judge"], seed)} if second_judge else None,
+        **{
+            role: answer_summary(replies[role], [row[f"{role}_score"] for row in answers], perplexity(nlls[role]))
+            for role in SIDES
+        },
+        "taught": None,
+        "examples": [{key: answer[key] for key in ("prompt", "start", "trained")} for answer in answers[:3]],
+        "answers": answers,  # every prompt's pair; the run writes them to heldout.jsonl, not metrics.json
+    }
+    if taught:
+        report["taught"] = {"source": taught.source, "answers": len(taught.answers), "total": taught.total}
+        report["taught"]["perplexity"] = perplexity(nlls["taught"])
+    report["bars"] = heldout_bars(report)
+    return report
+
+
+def outcome(pairs: list[dict], seed: int) -> dict:
+    """The win rate of the trained model (ties counting half), its bootstrap interval, and the counts."""
+    from posttrain.evaluation.winrate import OUTCOME_VALUE, bootstrap_interval
+
+    values = [OUTCOME_VALUE[pair["winner"]] for pair in pairs]
     winners = [pair["winner"] for pair in pairs]
-    answers = [
-        {
+    return {
+        "win_rate": statistics.fmean(values),
+        "win_rate_ci95": bootstrap_interval(values, RESAMPLES, seed),
+        "wins_losses_ties": [winners.count(SIDES["trained"]), winners.count(SIDES["start"]), winners.count("tie")],
+    }
+
+
+def answer_rows(judged: dict[str, list[dict]], nlls: dict[str, list[tuple[float, int]]]) -> list[dict]:
+    """One row per prompt: both answers, the winner and scores under each judge, perplexities, loop and cut-off."""
+    rows = []
+    for index, pair in enumerate(judged["reward"]):
+        row = {
             "prompt": pair["prompt"][-1]["content"],
             **{role: pair[f"reply_{side}"] for role, side in SIDES.items()},
             "winner": WINNERS[pair["winner"]],
             **{f"{role}_score": pair[f"score_{side}"] for role, side in SIDES.items()},
             **{f"{role}_perplexity": perplexity([nlls[role][index]]) for role in SIDES},
+            **{f"{role}_loop": has_loop(pair[f"reply_{side}"]) for role, side in SIDES.items()},
+            **{f"{role}_cut_off": not pair[f"finished_{side}"] for role, side in SIDES.items()},
         }
-        for index, pair in enumerate(pairs)
-    ]
-    return {
-        "prompts": len(prompts),
-        "max_new_tokens": max_new_tokens,
-        "win_rate": statistics.fmean(values),  # of the trained model over the start, ties counting half
-        "win_rate_ci95": bootstrap_interval(values, RESAMPLES, seed),
-        "wins_losses_ties": [winners.count(SIDES["trained"]), winners.count(SIDES["start"]), winners.count("tie")],
-        **{
-            role: answer_summary(replies[role], [pair[f"score_{side}"] for pair in pairs], perplexities[role])
-            for role, side in SIDES.items()
-        },
-        "examples": [{key: answer[key] for key in ("prompt", "start", "trained")} for answer in answers[:3]],
-        "answers": answers,  # every prompt's pair; the run writes them to heldout.jsonl, not metrics.json
-    }
+        if "judge" in judged:
+            second = judged["judge"][index]
+            row["judge_winner"] = WINNERS[second["winner"]]
+            row |= {f"{role}_judge_score": second[f"score_{side}"] for role, side in SIDES.items()}
+        rows.append(row)
+    return rows
 
 
 def answer_summary(replies: list[Reply], scores: list[float], perplexity: float | None) -> dict:
@@ -84,6 +123,7 @@ def answer_summary(replies: list[Reply], scores: list[float], perplexity: float 
         "perplexity": perplexity,
         "mean_tokens": statistics.fmean(reply.tokens for reply in replies),
         "cut_off": sum(not reply.finished for reply in replies) / len(replies),
+        "loops": sum(has_loop(reply.text) for reply in replies) / len(replies),
     }
 
 
@@ -109,21 +149,3 @@ def perplexity(nlls: list[tuple[float, int]]) -> float | None:
     """exp(NLL per token) over the answers; None with nothing to predict (every answer empty)."""
     tokens = sum(scored for _, scored in nlls)
     return math.exp(sum(nll for nll, _ in nlls) / tokens) if tokens else None
-
-
-def heldout_rows(report: dict) -> list[str]:
-    """The summary lines printed at the end of the run."""
-    low, high = report["win_rate_ci95"]
-    wins, losses, ties = report["wins_losses_ties"]
-    lines = [
-        f"held-out    {report['prompts']} prompts, greedy: win rate {report['win_rate']:.3f} over the start "
-        f"(95% CI {low:.3f} to {high:.3f}; {wins} wins, {losses} losses, {ties} ties)",
-    ]
-    for role in ("start", "trained"):
-        part = report[role]
-        fluency = "n/a" if part["perplexity"] is None else f"{part['perplexity']:.2f}"
-        lines.append(
-            f"  {role:<8}  score {part['mean_score']:.3f}, base-model perplexity {fluency}, "
-            f"{part['mean_tokens']:.1f} tokens, {round(part['cut_off'] * report['prompts'])} cut off"
-        )
-    return lines

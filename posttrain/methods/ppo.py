@@ -73,7 +73,7 @@ def train(stage: Stage, *, resume: bool, echo: Callable[[str], None] = print) ->
     del trainer, shared  # the held-out check loads its models one at a time, on memory this run no longer needs
     accelerator.free_memory()
     if accelerator.is_main_process:
-        metrics["heldout"] = heldout_check(stage, history[-1]["kl"], echo)
+        metrics["heldout"] = heldout_check(stage, {record["step"]: record["kl"] for record in history}, echo)
         stage.run.write_metrics(metrics)
     accelerator.wait_for_everyone()
     return metrics

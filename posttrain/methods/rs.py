@@ -114,7 +114,8 @@ def round_scores(selected: list[dict], number: int) -> dict:
 def prepare(recipe: Recipe, echo: Callable[[str], None] = print) -> Stage:
     s = recipe.rs
     stage = prepare_rl_stage(recipe, prompt_room=s.max_new_tokens, echo=echo)
-    recipe.train = sft.TRAIN_DEFAULTS | {"assistant_only_loss": True} | recipe.train
+    # rs.seed seeds the fine-tuning too (its data order), unless the recipe gives train.seed
+    recipe.train = sft.TRAIN_DEFAULTS | {"assistant_only_loss": True, "seed": s.seed} | recipe.train
     stage.run = RunFolder(stage.run.path, checkpoint_pattern=ROUND_PATTERN, markers=())  # any round is resumable
     stage.details.append(
         f"rs          {s.iterations} rounds: {s.samples_per_prompt} samples per prompt (max_new_tokens "

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from posttrain.data.prompts import prompt_sources, read_prompts, too_long_message
 from posttrain.errors import UserError
+from posttrain.evaluation.taught_text import TaughtText
 from posttrain.methods.common import Stage, load_base, prepare_stage
 from posttrain.models.loading import lora_config, method_of_run, resolve_model
 from posttrain.recipe import Recipe
@@ -18,12 +19,14 @@ from posttrain.runs import write_jsonl
 @dataclass
 class RLInputs:
     """A ppo or rs stage's data: the prompts, the adapter folder of each reward run by role, the held-out prompts
-    (chats) of the check at the end, and PPO-ptx's conversations (posttrain/rl/ptx.py)."""
+    (chats) of the check at the end with the SFT data's answers it scores beside them, and PPO-ptx's conversations
+    (posttrain/rl/ptx.py)."""
 
     prompts: list[dict]
     rewards: dict[str, Path]
     heldout: list[list[dict]] = field(default_factory=list)
     ptx: list[dict] = field(default_factory=list)
+    taught: TaughtText | None = None
 
 
 def reward_runs(spec: str | dict[str, str]) -> dict[str, str]:
@@ -94,7 +97,29 @@ def prepare_rl_stage(recipe: Recipe, prompt_room: int, echo: Callable[[str], Non
         f"reward      {', '.join(f'{role}: {path.parent}' for role, path in rewards.items())}",
         heldout_line,
     ]
+    if heldout:
+        stage.details += heldout_extras(stage)
     return stage
+
+
+def heldout_extras(stage: Stage) -> list[str]:
+    """The held-out check's second judge (checked like a reward run) and the SFT data's answers; their plan lines."""
+    from posttrain.evaluation.taught_text import taught_text
+
+    section = getattr(stage.recipe, stage.recipe.method)
+    lines = []
+    if section.judge:
+        key = f"{stage.recipe.method}.judge"
+        optimised = [path.resolve() for path in stage.data.rewards.values()]
+        if check_reward_run(section.judge, stage, key).resolve() in optimised:
+            raise UserError(
+                f"{key}: {section.judge} is the reward run the policy optimises; a second judge is another reward run "
+                "(the same pairs, another train.seed), e.g. trained with recipes/smollm2-135m/reward-judge.yaml."
+            )
+        lines.append(f"judge       {section.judge} (a second reward run, for the held-out check)")
+    start = stage.adapter.parent if stage.adapter else None
+    stage.data.taught, line = taught_text(start, getattr(section, "ptx_data", None), section.seed)
+    return lines + [line]
 
 
 def heldout_prompts(recipe: Recipe, tokenizer, prompt_room: int, train: list[dict]) -> tuple[list[list[dict]], str]:
@@ -115,10 +140,12 @@ def heldout_prompts(recipe: Recipe, tokenizer, prompt_room: int, train: list[dic
 HELDOUT_ANSWERS = "heldout.jsonl"  # in the run folder: one line per held-out prompt
 
 
-def heldout_check(stage: Stage, final_kl: float | None, echo: Callable[[str], None]) -> dict | None:
+def heldout_check(stage: Stage, kl_by_step: dict[int, float] | None, echo: Callable[[str], None]) -> dict | None:
     """The held-out report of a finished ppo or rs run (its adapter/ saved): the trained model against the one it
-    started from, on stage.data.heldout; None when there are no held-out prompts."""
-    from posttrain.evaluation.heldout import heldout_report, heldout_rows
+    started from, on stage.data.heldout, with PPO's KL per logged step against its budget (rs: None); None when
+    there are no held-out prompts."""
+    from posttrain.evaluation.heldout import heldout_report
+    from posttrain.evaluation.heldout_bars import heldout_rows, kl_bar
 
     if not stage.data.heldout:
         return None
@@ -135,9 +162,14 @@ def heldout_check(stage: Stage, final_kl: float | None, echo: Callable[[str], No
         quantization=recipe.model.quantization,
         truncated_score=section.truncated_score if section.truncated == "fixed_score" else None,
         seed=section.seed,
+        second_judge=section.judge,
+        taught=stage.data.taught,
         echo=echo,
     )
-    report["final_kl"] = final_kl  # per response, summed over its tokens (ppo's last step; rs measures none)
+    # per response, summed over its tokens (ppo's last step; rs measures none)
+    report["final_kl"] = kl_by_step[max(kl_by_step)] if kl_by_step else None
+    if kl_by_step:
+        report["bars"]["kl"] = kl_bar(kl_by_step, section.kl_budget)
     write_jsonl(stage.run.path / HELDOUT_ANSWERS, report.pop("answers"))
     echo(f"held-out answers of both models, their scores and perplexities: {stage.run.path / HELDOUT_ANSWERS}")
     for line in heldout_rows(report):
