@@ -40,9 +40,9 @@ def seen_by_model(monkeypatch):
 
     seen = []
 
-    def spy(model, tokenizer, messages, settings):
-        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        pieces = list(stream_reply(model, tokenizer, messages, settings))
+    def spy(model, tokenizer, messages, settings, tools=None):
+        prompt = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
+        pieces = list(stream_reply(model, tokenizer, messages, settings, tools))
         seen.append((prompt, "".join(pieces).strip()))
         yield from pieces
 

@@ -132,3 +132,59 @@ def test_a_valid_call_names_an_offered_tool_with_its_required_arguments():
     assert not fits_schema({"function": {"name": "get_weather", "arguments": {}}}, tools)
     assert not fits_schema({"function": {"name": "get_time", "arguments": {"city": "Paris"}}}, tools)
     assert not fits_schema({"function": {"name": "get_weather", "arguments": {"city": "Paris", "day": 1}}}, tools)
+
+
+def test_data_inspect_reports_turns_by_role_and_tools_per_row(jsonl):
+    from typer.testing import CliRunner
+
+    from posttrain.cli import app
+
+    plain = {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}]}
+    args = ["data", "inspect", str(jsonl([SHAREGPT, plain])), "--model", "tiny-llama2", "--chat-template", "llama2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (
+        "turns by role: system 1, user 2, assistant 3, tool 1; 1 assistant turns call tools (1 calls)" in result.output
+    )
+    assert "tools per row: min 0, median 0, max 1 (1 distinct: get_weather)" in result.output
+
+
+def test_chat_shows_a_call_as_a_call_and_tool_gives_its_result():
+    from posttrain.inference.chat import chat_loop
+    from posttrain.inference.conversation import Conversation
+
+    replies = iter([call_text(CALL), "It is 18 C in Paris."])
+    lines = ["Weather in Paris?", "/tool " + RESULT]
+
+    def read(prompt: str) -> str:
+        if not lines:
+            raise EOFError  # the user ends the chat like Ctrl-D
+        return lines.pop(0)
+
+    def reply(messages):
+        yield next(replies)
+
+    shown, conversation = [], Conversation()
+    chat_loop(conversation, reply, read, shown.append)
+    assert '[tool call] get_weather({"city": "Paris"})\n' in shown
+    assert conversation.turns == CANONICAL["messages"][1:]
+
+
+def test_generate_offers_each_rows_tools_and_writes_the_calls_of_a_reply(monkeypatch, jsonl, tmp_path):
+    from posttrain.inference import generation
+    from posttrain.inference.generate import generate_file
+
+    offered = []
+
+    def fake_replies(model, tokenizer, chats, settings, tools=None):
+        offered.extend(tools)
+        return [generation.Reply(call_text(CALL), 20, True), generation.Reply("Hello.", 3, True)]
+
+    monkeypatch.setattr(generation, "generate_replies_to_chats", fake_replies)
+    prompts = jsonl([{"prompt": "Weather in Paris?", "tools": [WEATHER]}, {"prompt": "Hi"}])
+    output = tmp_path / "answers.jsonl"
+    generate_file("tiny-llama2", str(prompts), output, generation.GenerationSettings(), echo=lambda line: None)
+    called, plain = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
+    assert offered == [CANONICAL["tools"], None]
+    assert called["tool_calls"] == [CALL] and called["response"] == call_text(CALL)
+    assert "tool_calls" not in plain

@@ -108,6 +108,7 @@ def data_inspect(
     from posttrain.data.lengths import LengthReport, measure, preference_length_lines
     from posttrain.data.prepare import is_preference, load_examples
     from posttrain.data.text_blocks import pack_documents
+    from posttrain.data.tool_calls import turn_lines
     from posttrain.models.loading import load_tokenizer, resolve_model
     from posttrain.recipe import default_chat_template
 
@@ -120,6 +121,9 @@ def data_inspect(
     lengths = measure(tokenizer, rows, examples)
     kind = "rows of unpaired feedback (posttrain kto)" if feedback else "preference pairs" if preference else "rows"
     typer.echo(f"{file}: format {fmt}, {len(rows)} {kind} (tokens counted with {model}, {chat_template} template)")
+    if "messages" in examples[0] and not feedback:  # SFT conversations: their turns, calls and tools
+        for line in turn_lines(examples):
+            typer.echo(line)
     if feedback:
         for line in balance_lines(examples):
             typer.echo(line.replace("labels      ", "labels: ").strip())

@@ -47,16 +47,23 @@ def chat(
     top_k: TopK = 50,
     top_p: TopP = 0.9,
     repetition_penalty: RepetitionPenalty = 1.0,
+    tools: Annotated[
+        Path | None, typer.Option(help="JSON file: a list of tool (function) schemas the model may call.")
+    ] = None,
 ):
     """Chat in the terminal: streamed replies, the history kept in the model's chat template.
 
-    In the chat: /reset clears the history, /system TEXT sets the system prompt, /exit leaves; Ctrl-C stops a reply.
+    In the chat: /reset clears the history, /system TEXT sets the system prompt, /tool TEXT answers a tool call with
+    its result, /exit leaves; Ctrl-C stops a reply. A reply that calls a tool is shown as `[tool call] name({...})`.
     """
+    from posttrain.data.tool_calls import read_tools
     from posttrain.inference.chat import run_chat
 
     settings = generation_settings(max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty)
+    offered = read_tools(tools) if tools else None
     quiet_libraries()
-    run_chat(model, system, settings, chat_template, read=input, write=functools.partial(typer.echo, nl=False))
+    write = functools.partial(typer.echo, nl=False)
+    run_chat(model, system, settings, chat_template, read=input, write=write, tools=offered)
 
 
 @use_app.command()

@@ -14,6 +14,7 @@ from posttrain.data.mixture import read_parts, weighted_order
 from posttrain.data.preferences import PREFERENCE_FORMATS, detect_preference_format
 from posttrain.data.prepare import chat_length
 from posttrain.data.sources import Row
+from posttrain.data.tool_calls import ToolError, tool_schemas
 from posttrain.errors import UserError
 from posttrain.sections import Sources, as_sources
 
@@ -72,8 +73,9 @@ def read_prompts(
     for row, origin in zip(rows, origins, strict=True):
         try:
             prompt = prompt_of(row)
-            length = chat_length(tokenizer, prompt, add_generation_prompt=True)
-        except RowError as err:
+            tools = tool_schemas(row.data["tools"]) if row.data.get("tools") else None
+            length = chat_length(tokenizer, prompt, add_generation_prompt=True, tools=tools)
+        except (RowError, ToolError) as err:
             problems.append(f"{row.where}: {err}")
         except TemplateError as err:
             problems.append(f"{row.where}: the chat template rejects this prompt ({err})")
@@ -81,7 +83,8 @@ def read_prompts(
             if length > max_length:
                 too_long[len(prompts)] = row.where
             extra = {k: v for k, v in row.data.items() if k not in CONVERSATION_KEYS} if columns else {}
-            prompts.append(extra | {"prompt": prompt, "safety": is_safety(row.data), "source": origin})
+            offered = {"tools": tools} if tools else {}  # the tools the row offers, for the chat template
+            prompts.append(extra | {"prompt": prompt, "safety": is_safety(row.data), "source": origin} | offered)
     if problems:
         where = ", ".join(s.path for s in as_sources(source))
         raise UserError(problem_report(where, len(rows), problems, usable=len(prompts)))

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
+from pathlib import Path
+
+from posttrain.errors import UserError
 
 CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 
@@ -37,6 +41,16 @@ def tool_schemas(value) -> list[dict]:
             raise ToolError(f"tool {i}: expected a function schema with a name, found {tool!r:.80}")
         schemas.append({"type": "function", "function": function})
     return schemas
+
+
+def read_tools(path: Path) -> list[dict]:
+    """The tools of a JSON file (`posttrain chat --tools`); an unreadable one is a UserError."""
+    try:
+        return tool_schemas(json.loads(path.read_text(encoding="utf-8")))
+    except OSError as err:
+        raise UserError(f"--tools {path}: cannot read it ({err.strerror}).") from None
+    except (json.JSONDecodeError, ToolError) as err:
+        raise UserError(f"--tools {path}: expected a JSON list of function schemas ({err}).") from None
 
 
 def arguments_of(value, name: str) -> dict:
@@ -118,6 +132,25 @@ def fits_schema(call: dict, tools: list[dict]) -> bool:
     parameters, arguments = schemas[function["name"]], set(function["arguments"])
     declared = set(parameters.get("properties") or {})
     return set(parameters.get("required") or []) <= arguments and (not declared or arguments <= declared)
+
+
+def turn_lines(examples: list[dict]) -> list[str]:
+    """What `data inspect` says of conversations: turns by role (with the assistant's calls), and the tools each
+    row offers when any row offers some."""
+    messages = [m for e in examples for m in e["messages"]]
+    roles = {role: sum(m["role"] == role for m in messages) for role in ("system", "user", "assistant", "tool")}
+    calling = [m for m in messages if m.get("tool_calls")]
+    said = ", ".join(f"{role} {count}" for role, count in roles.items() if count)
+    if calling:
+        calls = sum(len(m["tool_calls"]) for m in calling)
+        said += f"; {len(calling)} assistant turns call tools ({calls} calls)"
+    lines = [f"turns by role: {said}"]
+    offered = [len(e.get("tools") or []) for e in examples]
+    if any(offered):
+        spread = f"min {min(offered)}, median {int(statistics.median(offered))}, max {max(offered)}"
+        names = sorted({t["function"]["name"] for e in examples for t in e.get("tools") or []})
+        lines.append(f"tools per row: {spread} ({len(names)} distinct: {', '.join(names)})")
+    return lines
 
 
 def has_tools(examples: list[dict]) -> bool:

@@ -9,10 +9,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Generator
 
+from posttrain.data.tool_calls import parse_reply, shown
 from posttrain.inference.conversation import Conversation, make_room
 from posttrain.inference.generation import GenerationSettings
 
-HELP = "/reset clears the history, /system TEXT sets the system prompt (alone: removes it), /exit leaves"
+HELP = (
+    "/reset clears the history, /system TEXT sets the system prompt (alone: removes it), /tool TEXT answers the "
+    "model's tool call with its result, /exit leaves"
+)
 Reply = Callable[[list[dict]], Generator[str, None, None]]
 
 
@@ -36,19 +40,34 @@ def chat_loop(
             continue
         if not line:
             continue
-        if line.startswith("/"):
+        tool_result = line.startswith("/tool ") and line.removeprefix("/tool ").strip()
+        if line.startswith("/") and not tool_result:
             if not run_command(line, conversation, write):
                 return
             continue
-        conversation.turns.append({"role": "user", "content": line})
+        conversation.turns.append(
+            {"role": "tool", "content": tool_result} if tool_result else {"role": "user", "content": line}
+        )
         if not make_room(conversation, fits, write):
             continue
         write("bot> ")
         text = show_reply(reply(conversation.messages()), write)
         if text:
-            conversation.turns.append({"role": "assistant", "content": text})
+            conversation.turns.append(assistant_turn(text, write))
         else:  # nothing was said: forget the question too, so turns keep alternating
             conversation.turns.pop()
+
+
+def assistant_turn(text: str, write: Callable[[str], None]) -> dict:
+    """The reply as a turn of the history; tool calls in it are shown as calls and kept as calls."""
+    content, calls = parse_reply(text)
+    for call in calls:
+        write(f"[tool call] {shown(call)}\n")
+    return (
+        {"role": "assistant", "content": content, "tool_calls": calls}
+        if calls
+        else {"role": "assistant", "content": text}
+    )
 
 
 def run_command(line: str, conversation: Conversation, write: Callable[[str], None]) -> bool:
@@ -91,8 +110,9 @@ def run_chat(
     chat_template: str,
     read: Callable[[str], str],
     write: Callable[[str], None],
+    tools: list[dict] | None = None,
 ) -> Conversation:
-    """Load MODEL and chat with it until the user leaves; returns the conversation."""
+    """Load MODEL and chat with it (offering `tools`, if any) until the user leaves; returns the conversation."""
     from posttrain.data.prepare import chat_length
     from posttrain.inference.generation import stream_reply
     from posttrain.models.loading import context_length, load_run_model, resolve_model
@@ -107,11 +127,11 @@ def run_chat(
     conversation = Conversation(system)
     chat_loop(
         conversation,
-        lambda messages: stream_reply(model, tokenizer, messages, settings),
+        lambda messages: stream_reply(model, tokenizer, messages, settings, tools),
         read,
         write,
         fits=lambda messages: (
-            chat_length(tokenizer, messages, add_generation_prompt=True) + settings.max_new_tokens <= limit
+            chat_length(tokenizer, messages, add_generation_prompt=True, tools=tools) + settings.max_new_tokens <= limit
         ),
     )
     return conversation

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 @dataclass
 class Conversation:
-    """The system prompt and the user/assistant turns so far."""
+    """The system prompt and the user/assistant (and tool) turns so far."""
 
     system: str | None = None
     turns: list[dict] = field(default_factory=list)
@@ -23,7 +23,9 @@ def make_room(conversation: Conversation, fits: Callable[[list[dict]], bool], wr
     """Drop the oldest exchanges until the chat fits the model's context; False if the new message alone does not."""
     dropped = 0
     while not fits(conversation.messages()) and len(conversation.turns) > 1:
-        del conversation.turns[:2]
+        del conversation.turns[0]  # a user turn, then what answered it (a reply, or calls and their results)
+        while len(conversation.turns) > 1 and conversation.turns[0]["role"] != "user":
+            del conversation.turns[0]
         dropped += 1
     if dropped:
         write(f"(the {dropped} oldest exchange(s) no longer fit the model's context and were dropped)\n")

@@ -1,6 +1,7 @@
 """`posttrain generate`: a reply to every prompt of a file, as JSONL rows {prompt, response, finished, model, settings}.
 
-`finished` is false for a reply cut off at max_new_tokens (no EOS); rows written before it existed lack it.
+`finished` is false for a reply cut off at max_new_tokens (no EOS); rows written before it existed lack it. A prompt
+row's `tools` go to the chat template, and a reply that calls tools also gets `tool_calls` (the calls as data).
 
 Batched with left padding. Resumable: rows are appended batch by batch, and a rerun skips the prompts the output
 already answers (a prompt listed twice in the file is answered twice). A row cut short by a crash is dropped.
@@ -13,6 +14,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+from posttrain.data.tool_calls import parse_reply
 from posttrain.errors import UserError
 from posttrain.inference.generation import GenerationSettings
 from posttrain.runs import locks
@@ -52,7 +54,7 @@ def generate_missing(model_name, prompts_file, output: Path, settings, batch_siz
     rows = load_prompts(prompts_file, tokenizer, limit, *room_for_replies(limit, settings))
     model_id = str(ref.adapter.parent) if ref.is_run else ref.name
     record = {"model": model_id, "settings": settings.as_record() | ({"seed": seed} if settings.do_sample else {})}
-    pending = not_yet_answered([row["prompt"] for row in rows], read_answered(output, record))
+    pending = not_yet_answered(rows, read_answered(output, record))
     echo(f"{prompts_file}: {len(rows)} prompts, {len(rows) - len(pending)} already in {output}, {len(pending)} to go")
     if not pending:
         return 0
@@ -61,14 +63,21 @@ def generate_missing(model_name, prompts_file, output: Path, settings, batch_siz
     output.parent.mkdir(parents=True, exist_ok=True)
     with output.open("a", encoding="utf-8") as handle, progress_bar(len(pending)) as bar:
         for start in range(0, len(pending), batch_size):
-            prompts = pending[start : start + batch_size]
-            replies = generate_replies_to_chats(model, tokenizer, prompts, settings)
-            for prompt, reply in zip(prompts, replies, strict=True):
-                row = {"prompt": prompt, "response": reply.text, "finished": reply.finished} | record
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            batch = pending[start : start + batch_size]
+            chats, tools = [row["prompt"] for row in batch], [row.get("tools") for row in batch]
+            replies = generate_replies_to_chats(model, tokenizer, chats, settings, tools)
+            for prompt, reply in zip(chats, replies, strict=True):
+                handle.write(json.dumps(answer_row(prompt, reply) | record, ensure_ascii=False) + "\n")
             handle.flush()  # a crash loses at most the batch being generated
-            bar.update(len(prompts))
+            bar.update(len(batch))
     return len(pending)
+
+
+def answer_row(prompt: list[dict], reply) -> dict:
+    """The row written for one reply: a reply that calls tools also lists its calls."""
+    row = {"prompt": prompt, "response": reply.text, "finished": reply.finished}
+    calls = parse_reply(reply.text)[1]
+    return row | ({"tool_calls": calls} if calls else {})
 
 
 def prompt_key(prompt: list[dict]) -> str:
@@ -106,13 +115,14 @@ def read_answered(output: Path, record: dict) -> Counter:
     return answered
 
 
-def not_yet_answered(prompts: list[list[dict]], answered: Counter) -> list[list[dict]]:
+def not_yet_answered(rows: list[dict], answered: Counter) -> list[dict]:
+    """The prompt rows `answered` does not hold yet (a prompt answered n times covers its first n rows)."""
     answered = answered.copy()
     pending = []
-    for prompt in prompts:
-        key = prompt_key(prompt)
+    for row in rows:
+        key = prompt_key(row["prompt"])
         if answered[key]:
             answered[key] -= 1
         else:
-            pending.append(prompt)
+            pending.append(row)
     return pending

@@ -57,9 +57,14 @@ class GenerationSettings:
         } | (sampling if self.do_sample else dict.fromkeys(sampling))
 
 
-def encode_chats(tokenizer, chats: list[list[dict]]):
-    """Chats ending in a user turn, rendered with the chat template and left-padded into one batch."""
-    texts = [tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) for chat in chats]
+def encode_chats(tokenizer, chats: list[list[dict]], tools: list[list[dict] | None] | None = None):
+    """Chats ending in a user (or tool) turn, rendered with the chat template (each with the tools it offers, if
+    any) and left-padded into one batch."""
+    tools = tools or [None] * len(chats)
+    texts = [
+        tokenizer.apply_chat_template(chat, tools=offered, tokenize=False, add_generation_prompt=True)
+        for chat, offered in zip(chats, tools, strict=True)
+    ]
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # new tokens must follow each prompt directly
     try:
@@ -76,9 +81,12 @@ class Reply:
     finished: bool  # ended with EOS, not cut off at max_new_tokens
 
 
-def generate_replies_to_chats(model, tokenizer, chats: list[list[dict]], settings: GenerationSettings) -> list[Reply]:
-    """One reply per chat, generated as one batch, with its length and whether it ended before max_new_tokens."""
-    return generate_replies_to_batch(model, tokenizer, encode_chats(tokenizer, chats), settings)
+def generate_replies_to_chats(
+    model, tokenizer, chats: list[list[dict]], settings: GenerationSettings, tools: list | None = None
+) -> list[Reply]:
+    """One reply per chat (with its tools, if any), generated as one batch, with its length and whether it ended
+    before max_new_tokens."""
+    return generate_replies_to_batch(model, tokenizer, encode_chats(tokenizer, chats, tools), settings)
 
 
 def continue_texts(model, tokenizer, texts: list[str], settings: GenerationSettings) -> list[Reply]:
@@ -128,7 +136,9 @@ def answer(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, syste
     return answer_chats(model, tokenizer, chats, GenerationSettings(max_new_tokens=max_new_tokens))
 
 
-def stream_reply(model, tokenizer, messages: list[dict], settings: GenerationSettings) -> Iterator[str]:
+def stream_reply(
+    model, tokenizer, messages: list[dict], settings: GenerationSettings, tools: list[dict] | None = None
+) -> Iterator[str]:
     """The reply to a chat, piece by piece as it is generated.
 
     generate() runs in a thread and feeds transformers' TextIteratorStreamer. Closing this iterator early (Ctrl-C
@@ -139,7 +149,7 @@ def stream_reply(model, tokenizer, messages: list[dict], settings: GenerationSet
 
     stop = threading.Event()
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    batch = encode_chats(tokenizer, [messages]).to(model.device)
+    batch = encode_chats(tokenizer, [messages], [tools]).to(model.device)
     failure: list[BaseException] = []
 
     def generate() -> None:
