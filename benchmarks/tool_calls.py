@@ -1,0 +1,90 @@
+"""Held-out tool calls before and after SFT on builtin:tool_calls: each held-out conversation's first user turn is
+answered greedily (with the tools the row offers, in the chatml template), and the reply is read back as calls.
+
+    python benchmarks/tool_calls.py [--run runs/smollm2-135m-sft-tools]   # writes benchmarks/results/tool_calls.json
+
+A valid call parses (`<tool_call>{json}</tool_call>` with a name and object arguments), names one of the row's
+tools, gives every argument the tool's schema requires and none it does not declare; a reply is valid when it makes
+at least one call and every call is valid. It is exact when its calls are the held-out conversation's own calls
+(same names, same arguments). Rows whose answer needs no tool count as right when the reply makes no call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from posttrain.cli.support import quiet_libraries
+from posttrain.data.sources import read_rows
+from posttrain.data.tool_calls import fits_schema, parse_reply, tool_calls, tool_schemas
+from posttrain.inference.generation import GenerationSettings, generate_replies_to_chats
+from posttrain.models.loading import load_run_model
+
+RESULTS = Path(__file__).parent / "results" / "tool_calls.json"
+
+
+def held_out(source: str) -> list[dict]:
+    """Each row's prompt (up to its first user turn), tools and the calls its first assistant turn makes."""
+    cases = []
+    for row in read_rows(source):
+        messages = row.data["messages"]
+        first = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        calls = tool_calls(messages[first]["tool_calls"]) if messages[first].get("tool_calls") else []
+        cases.append({"prompt": messages[:first], "tools": tool_schemas(row.data["tools"]), "expected": calls})
+    return cases
+
+
+def judge(case: dict, text: str) -> dict:
+    calls = parse_reply(text)[1]
+    valid = bool(calls) and all(fits_schema(call, case["tools"]) for call in calls)
+    return {"reply": text, "calls": calls, "valid": valid, "exact": calls == case["expected"]}
+
+
+def measure(model_name: str, cases: list[dict], batch_size: int, max_new_tokens: int) -> dict:
+    start = time.perf_counter()
+    model, tokenizer = load_run_model(model_name, quantization="nf4", chat_template="chatml")
+    settings = GenerationSettings(max_new_tokens=max_new_tokens)
+    judged = []
+    for i in range(0, len(cases), batch_size):
+        batch = cases[i : i + batch_size]
+        chats, tools = [c["prompt"] for c in batch], [c["tools"] for c in batch]
+        replies = generate_replies_to_chats(model, tokenizer, chats, settings, tools)
+        judged += [judge(case, reply.text) for case, reply in zip(batch, replies, strict=True)]
+    calling = [j for j, c in zip(judged, cases, strict=True) if c["expected"]]
+    plain = [j for j, c in zip(judged, cases, strict=True) if not c["expected"]]
+    return {
+        "model": model_name,
+        "rows needing a call": len(calling),
+        "valid call share": round(sum(j["valid"] for j in calling) / len(calling), 3),
+        "exact call share": round(sum(j["exact"] for j in calling) / len(calling), 3),
+        "rows needing no call": len(plain),
+        "answered without a call": sum(not j["calls"] for j in plain),
+        "seconds": round(time.perf_counter() - start, 1),
+        "replies": judged,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", default="smollm2-135m")
+    parser.add_argument("--run", default="runs/smollm2-135m-sft-tools")
+    parser.add_argument("--held-out", default="builtin:tool_calls_heldout")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=96)
+    args = parser.parse_args()
+    quiet_libraries()
+    cases = held_out(args.held_out)
+    results = {"held_out": args.held_out, "max_new_tokens": args.max_new_tokens}
+    for side, name in (("before", args.base), ("after", args.run)):
+        results[side] = measure(name, cases, args.batch_size, args.max_new_tokens)
+        summary = {k: v for k, v in results[side].items() if k != "replies"}
+        print(side, json.dumps(summary))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
