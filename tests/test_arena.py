@@ -148,7 +148,8 @@ def test_votes_alone_make_a_human_leaderboard_with_both_bad_as_a_tie(jsonl, in_t
     assert board["judge"] == "human" and board["kind"] == "votes" and board["battles"] == 12
     pirate = by_model(board)["pirate"]
     assert (pirate["wins"], pirate["losses"], pirate["ties"]) == (6, 2, 4)
-    assert report["votes"] == [{"file": str(in_tmp / "votes.jsonl"), "rows": 12, "both_bad": 2, "unreadable": 0}]
+    counts = {"rows": 12, "both_bad": 2, "unreadable": 0, "duplicates": 0, "without_id": 12}
+    assert report["votes"] == [{"file": str(in_tmp / "votes.jsonl")} | counts | {"voters": {"(no login)": 12}}]
     assert "judge human (votes): 12 battles" in result.output
     report_file = result.output.strip().splitlines()[-1].removeprefix("report: ")
     assert (in_tmp / report_file).with_suffix(".png").is_file()

@@ -2,6 +2,7 @@
 
 import json
 import threading
+import uuid
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from posttrain.errors import UserError
 from posttrain.inference.arena_page import stream_together
 from posttrain.inference.arena_votes import VotesFile, vote_row
 
-ROW_KEYS = ["time", "prompt", "model_a", "model_b", "reply_a", "reply_b", "winner", "judge"]
+ROW_KEYS = ["id", "time", "prompt", "model_a", "model_b", "reply_a", "reply_b", "winner", "judge", "voter"]
 
 
 def rows_of(path: Path) -> list[dict]:
@@ -20,7 +21,7 @@ def rows_of(path: Path) -> list[dict]:
 
 
 def a_vote(winner: str = "a", prompt: str = "Why is the sea salty?") -> dict:
-    return vote_row(prompt, "tiny-llama2", "runs/sft", "Salt, arr.", "Rivers.", winner)
+    return vote_row(prompt, "tiny-llama2", "runs/sft", "Salt, arr.", "Rivers.", winner, uuid.uuid4().hex)
 
 
 # ---------------------------------------------------------------- the votes file

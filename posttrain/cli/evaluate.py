@@ -134,7 +134,10 @@ def eval_arena(
     ] = None,
     votes: Annotated[
         list[Path] | None,
-        typer.Option(help="Votes JSONL of `posttrain serve --arena`; repeatable; a board per voting judge (human)."),
+        typer.Option(
+            help="Votes JSONL of `posttrain serve --arena`; repeatable; a board per voting judge (human). Each "
+            "round's vote counts once (repeats dropped and counted); votes per voter reported."
+        ),
     ] = None,
     answers: Annotated[
         Path, typer.Option(help="Folder caching each model's answers per settings; a rerun reuses and resumes them.")

@@ -46,8 +46,7 @@ def arena(
     check_request(models, prompts_file, judges, vote_files, resamples)
     votes, used = read_votes(vote_files) if vote_files else ({}, [])  # a bad vote fails before any model loads
     for file in used:
-        skipped = f"; lines cut short by a crash, skipped: {file['unreadable']}" if file["unreadable"] else ""
-        echo(f"{file['file']}: {file['rows']} votes used ({file['both_bad']} both bad, counted as ties{skipped})")
+        echo(votes_line(file))
     report = {"mode": "arena", "models": models, "prompts": prompts_file, "judges": judges, "votes": used}
     report["settings"] = settings.as_record() | {"seed": seed, "tie_margin": tie_margin, "chat_template": chat_template}
     report["settings"]["truncated_score"] = truncated_score
@@ -71,6 +70,18 @@ def arena(
     ranked += [({"judge": judge, "kind": "votes"}, battles) for judge, battles in votes.items()]
     boards = [board | leaderboard(battles, resamples, seed) for board, battles in ranked]
     return report | {"leaderboards": boards}
+
+
+def votes_line(file: dict) -> str:
+    """What a votes file gave: votes used, and what was not (cut short, repeated), and by whom."""
+    skipped = f"; lines cut short by a crash, skipped: {file['unreadable']}" if file["unreadable"] else ""
+    repeated = f"; repeated votes of a round, dropped: {file['duplicates']}" if file["duplicates"] else ""
+    voters = ", ".join(f"{name} {count}" for name, count in sorted(file["voters"].items()))
+    old = f"; {file['without_id']} written before votes had ids" if file["without_id"] else ""
+    return (
+        f"{file['file']}: {file['rows']} votes used ({file['both_bad']} both bad, counted as ties{skipped}{repeated})"
+        f", by voter: {voters or 'none'}{old}"
+    )
 
 
 def check_request(models, prompts_file, judges, vote_files, resamples: int) -> None:

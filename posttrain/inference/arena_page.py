@@ -2,20 +2,22 @@
 
 A prompt goes to two of the models, drawn at random and shown only as "Model A" and "Model B"; both replies stream
 side by side. Once both are complete the person votes (A is better, B is better, Tie, Both are bad), the vote is
-appended to the votes file (arena_votes.py), and the names are revealed. "New round" clears the page.
+appended to the votes file (arena_votes.py) with the round's id and, behind --auth, the login name, and the names
+are revealed. A round counts one vote: a second click on it is not written again. "New round" clears the page.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import queue
 import random
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from posttrain.errors import UserError
 from posttrain.inference.arena_votes import VotesFile, vote_row
 from posttrain.inference.conversation import Conversation
 from posttrain.inference.generation import GenerationSettings
@@ -29,6 +31,7 @@ draw = random.SystemRandom()  # which two models, and which is A: nothing a vote
 class Round:
     """A prompt and the two complete replies, waiting for a vote."""
 
+    id: str  # the vote's id: one vote per round
     prompt: str
     model_a: str
     model_b: str
@@ -87,7 +90,7 @@ class ArenaPage:
             # One generation at a time: every tab shares the loaded models.
             gr.on([self.prompt.submit, self.send.click], self.ask, [self.prompt], everything, concurrency_limit=1)
             for key, button in zip(VOTES, self.buttons, strict=True):
-                button.click(functools.partial(self.vote, key), [self.round], everything)
+                button.click(self.vote_button(key), [self.round], everything)
             self.new_round.click(self.clear, None, everything)
             page.load(self.tally_text, None, self.count)
         return page
@@ -109,21 +112,35 @@ class ArenaPage:
         except Exception as err:  # give the prompt box back, so the page is not stuck
             yield {self.prompt: gr.Textbox(value=prompt, interactive=True), self.send: gr.Button(interactive=True)}
             raise gr.Error(f"The models could not answer: {err}") from err
-        done = Round(prompt, model_a.name, model_b.name, *replies)
+        done = Round(uuid.uuid4().hex, prompt, model_a.name, model_b.name, *replies)
         yield {self.round: done} | {button: gr.Button(interactive=True) for button in self.buttons}
 
-    def vote(self, winner: str, done: Round | None):
+    def vote_button(self, winner: str):
+        """What a vote button runs. gradio hands it the request (and so the login name) by the parameter's type,
+        which must be the class itself: this module's annotations are strings, and gr is imported late."""
+
+        def vote(done: Round | None, request) -> dict:
+            return self.vote(winner, done, getattr(request, "username", None))
+
+        vote.__annotations__ = {"request": self.gr.Request}
+        return vote
+
+    def vote(self, winner: str, done: Round | None, voter: str | None = None):
         gr = self.gr
         if done is None:  # the buttons are off until both replies are complete: a second click
             raise gr.Error("This round has no complete answers to vote on; start a new round.")
+        row = vote_row(done.prompt, done.model_a, done.model_b, done.reply_a, done.reply_b, winner, done.id, voter)
         try:
-            self.votes.append(vote_row(done.prompt, done.model_a, done.model_b, done.reply_a, done.reply_b, winner))
+            written = self.votes.append(row)
+        except UserError as err:  # what `eval arena` would refuse is not counted here either
+            raise gr.Error(f"This vote cannot be counted: {err}") from None
         except OSError as err:
             raise gr.Error(f"The vote could not be written to {self.votes.path}: {err.strerror}. Try again.") from None
         side_a, side_b = self.sides
+        once = "" if written else " (this round's vote was already recorded; it counts once)"
         return {
             self.round: None,
-            self.reveal: f"Model A: `{done.model_a}` · Model B: `{done.model_b}` · your vote: {VOTES[winner]}",
+            self.reveal: f"Model A: `{done.model_a}` · Model B: `{done.model_b}` · your vote: {VOTES[winner]}{once}",
             self.count: self.tally_text(),
             side_a: gr.Chatbot(label=f"Model A · {done.model_a}"),
             side_b: gr.Chatbot(label=f"Model B · {done.model_b}"),
@@ -147,7 +164,8 @@ class ArenaPage:
     def tally_text(self) -> str:
         tally = self.votes.tally()
         skipped = f" ({tally.skipped} unreadable line(s) skipped)" if tally.skipped else ""
-        return f"**{tally.votes}** vote(s) recorded in `{self.votes.path}`{skipped}"
+        repeated = f" ({tally.duplicates} repeated vote(s) of a round counted once)" if tally.duplicates else ""
+        return f"**{tally.votes}** vote(s) recorded in `{self.votes.path}`{skipped}{repeated}"
 
 
 def exchange(prompt: str, reply: str) -> list[dict]:
