@@ -2,7 +2,7 @@
 VENV ?= .venv
 INSTALLED := $(VENV)/.posttrain-installed
 
-.PHONY: quickstart test test-fast lint gpu-check
+.PHONY: quickstart test test-fast test-min lint gpu-check
 
 quickstart: $(INSTALLED)
 	$(VENV)/bin/posttrain quickstart
@@ -18,6 +18,14 @@ test-fast: $(INSTALLED)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest -m "not slow"
+
+# The floors: the tests not marked slow, 3-step runs and a check of every shipped recipe, with every direct
+# dependency at the lowest version pyproject.toml admits, in a venv of its own (scripts/test_min.sh). CI runs it
+# after `make test`.
+MIN_VENV ?= .venv-min
+
+test-min: $(INSTALLED)
+	bash scripts/test_min.sh $(MIN_VENV)
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

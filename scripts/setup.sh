@@ -45,5 +45,6 @@ if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
   fi
 fi
 echo "setup: installing posttrain and its dependencies into $venv"
-"${pip[@]}" -e ".[dev,serve,eval]"
+# POSTTRAIN_CONSTRAINTS: a pip constraints file (make test-min passes one that pins every floor)
+"${pip[@]}" -e ".[dev,serve,eval]" ${POSTTRAIN_CONSTRAINTS:+-c "$POSTTRAIN_CONSTRAINTS"}
 echo "setup: done. Activate with: source $venv/bin/activate"

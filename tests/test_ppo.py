@@ -134,6 +134,22 @@ def test_checkpointed_layers_give_the_same_gradients_and_keep_far_less(tmp_path,
     assert kept[True] < kept[False] / 2  # the layers' tensors are recomputed, not kept
 
 
+def test_rollouts_are_the_same_with_checkpointed_layers(tmp_path, runs):
+    """Generation keeps its KV cache with checkpointed layers (transformers before 5.24 dropped it for layers in
+    training mode, which the checkpointed ones stay in): greedy answers equal those without checkpointing."""
+    recipe = load_recipe(str(ppo_recipe(tmp_path, runs)))
+    stage = ppo.prepare(recipe)
+    query = stage.tokenizer(["[INST] What is the capital of Japan? [/INST]"], return_tensors="pt")
+    answers = {}
+    for checkpointed in (False, True):
+        recipe.ppo.activation_checkpointing = checkpointed
+        shared = ppo.build_shared_model(stage).eval()
+        answers[checkpointed] = shared.generate(**query, do_sample=False, max_new_tokens=12, pad_token_id=0)
+        assert all(layer.gradient_checkpointing for layer in shared.checkpointed_layers)  # back on for training
+    assert len(shared.checkpointed_layers) == 2
+    assert torch.equal(answers[True], answers[False])
+
+
 def test_resume_reproduces_the_uninterrupted_run(tmp_path, runs):
     # an adaptive KL coefficient, so the checkpoint must carry its current value too
     path = ppo_recipe(tmp_path, runs, steps=4, save_steps=2, kl_target=0.01, kl_horizon=4)

@@ -190,8 +190,17 @@ class SharedModel(nn.Module):
         return self.reward_heads[role](hidden[rows, last_index]).squeeze(-1)
 
     def generate(self, **kwargs):
+        """The policy's generate(), checkpointed layers switched off: transformers before 5.24 drops the KV cache
+        of a checkpointed layer in training mode even without gradients, so each new token would attend to
+        itself alone."""
         with self.adapter(POLICY), torch.no_grad():
-            return self.peft.generate(**kwargs)
+            for layer in self.checkpointed_layers:
+                layer.gradient_checkpointing = False
+            try:
+                return self.peft.generate(**kwargs)
+            finally:
+                for layer in self.checkpointed_layers:
+                    layer.gradient_checkpointing = True
 
 
 def _policy(base, lora_config, adapter: Path | None):
