@@ -8,6 +8,7 @@ fp16 GradScaler and fp32 runs, and fp32 adapters cost little memory.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from posttrain.errors import UserError
@@ -21,10 +22,35 @@ class Hardware:
     name: str
     capability: tuple[int, int] | None = None  # CUDA compute capability
     cpu_native_bf16: bool = False
+    memory_gib: float | None = None  # set for a GPU this machine does not have: a dry run's stand-in
 
     @property
     def cuda_bf16(self) -> bool:
         return self.capability is not None and self.capability >= (8, 0)
+
+
+# A dry run without a GPU checks a recipe whose precision needs one as on this GPU (model.precision -> Hardware).
+_STAND_INS: ContextVar[dict[str, Hardware] | None] = ContextVar("gpu_stand_ins", default=None)
+
+
+@contextmanager
+def gpu_stand_ins(by_precision: dict[str, Hardware]):
+    """Within: on a machine without a CUDA GPU, hardware_for(precision) gives `by_precision[precision]`, so that a
+    dry run checks the rest of a GPU recipe. Nothing may run on a stand-in: it is for checks and plans only."""
+    token = _STAND_INS.set(by_precision)
+    try:
+        yield
+    finally:
+        _STAND_INS.reset(token)
+
+
+def hardware_for(requested: str, hardware: Hardware) -> Hardware:
+    """The hardware a recipe asking for model.precision `requested` is checked on: this machine's, or within
+    gpu_stand_ins, on a machine without a GPU, the stand-in GPU for that precision."""
+    stand_in = (_STAND_INS.get() or {}).get(requested)
+    if hardware.device == "cpu" and stand_in is not None and not (requested == "bf16" and hardware.cpu_native_bf16):
+        return stand_in
+    return hardware
 
 
 def detect_hardware() -> Hardware:

@@ -74,6 +74,7 @@ def train(
     talks = is_main_process() and (launch is None or dry_run)
     echo = typer.echo if talks else lambda _: None
     options = {"resume": resume, "overwrite": overwrite, "dry_run": dry_run or launch is not None, "echo": echo}
+    options["gpu_stand_in"] = dry_run  # the user's dry run checks a GPU recipe without a GPU; a launch's check does not
     resume_command = shlex.join(["posttrain", *training_args(method, recipe, overrides, output_dir, True, False)])
     with training_guards(loaded.output_dir, resume_command):
         metrics = run_method(loaded, **options)

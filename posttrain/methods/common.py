@@ -19,7 +19,7 @@ from posttrain.models.loading import (
     method_of_run,
     resolve_model,
 )
-from posttrain.precision import Hardware, choose_precision, detect_hardware
+from posttrain.precision import Hardware, choose_precision, detect_hardware, gpu_stand_ins, hardware_for
 from posttrain.recipe import Recipe, save_recipe
 from posttrain.runs import RunFolder, library_versions
 
@@ -83,7 +83,7 @@ def resolve_model_key(name: str, key: str, method: str) -> ModelRef:
 
 
 def prepare_stage(recipe: Recipe) -> Stage:
-    hardware = detect_hardware()
+    hardware = hardware_for(recipe.model.precision, detect_hardware())  # a dry run without a GPU: a stand-in
     precision = choose_precision(recipe.model.precision, hardware)
     model = resolve_model_key(recipe.model.name, "model.name", recipe.method)
     if model.is_run:
@@ -119,22 +119,48 @@ def run_method(
     dry_run: bool = False,
     echo: Callable[[str], None] = print,
     before_train: Callable | None = None,
+    gpu_stand_in: bool = False,
 ) -> dict | None:
-    """`posttrain <method>`: check everything, print the plan, claim the run folder, then train and write it."""
+    """`posttrain <method>`: check everything, print the plan, claim the run folder, then train and write it.
+    gpu_stand_in (the user's --dry-run): on a machine without a GPU, check a recipe that needs one as on a T4
+    (fp16) or an A100 (bf16)."""
     method = METHODS[recipe.method].module
-    stage = method.prepare(recipe, echo)
+    with gpu_stand_ins(dry_run_gpus() if gpu_stand_in and dry_run else {}):
+        stage = method.prepare(recipe, echo)
     stage.before_train = before_train
     stage.run.check_writable(resume=resume, overwrite=overwrite)
     for line in stage.plan_lines():
         echo(line)
     if dry_run:
         echo("dry run: recipe, model and data are valid; no weights were loaded and nothing was written.")
+        if stage.hardware.memory_gib is not None:
+            echo(
+                f"dry run: checked as on {stage.hardware.name}: this machine has no CUDA GPU, and model.precision "
+                f"{recipe.model.precision} needs one (a real run here stops). `posttrain plan {recipe.source} --gpu "
+                f"{DRY_RUN_GPUS[stage.precision]}` predicts its GPU memory."
+            )
         return None
     start_run(stage, resume=resume, overwrite=overwrite)
     try:
         return method.train(stage, resume=resume, echo=echo)
     finally:
         stage.run.release()  # the lock start_run took (also released when the process ends, however it ends)
+
+
+# The GPU (of plan's table) a dry run on a machine without one checks a recipe for, by model.precision: the free
+# Colab T4 for fp16 (the shipped Llama 2 recipes), an A100 for bf16.
+DRY_RUN_GPUS = {"fp16": "t4", "bf16": "a100-40gb"}
+
+
+def dry_run_gpus() -> dict[str, Hardware]:
+    from dataclasses import replace
+
+    from posttrain.plan.fit import GPUS
+
+    return {
+        precision: replace(GPUS[key].hardware, memory_gib=GPUS[key].memory_gib)
+        for precision, key in DRY_RUN_GPUS.items()
+    }
 
 
 def start_run(stage: Stage, *, resume: bool, overwrite: bool) -> None:

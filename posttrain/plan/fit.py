@@ -174,7 +174,9 @@ GPU_MEMORY_VARIABLE = "POSTTRAIN_GPU_MEMORY_GIB"  # a GPU's memory to plan for i
 
 def device_memory_gib(hardware: Hardware) -> float:
     """What a run on this machine has: the GPU's memory (POSTTRAIN_GPU_MEMORY_GIB when set, for a process held to
-    part of a larger GPU), or on a CPU the machine's RAM."""
+    part of a larger GPU), or on a CPU the machine's RAM; a dry run's stand-in GPU has its own."""
+    if hardware.memory_gib is not None:
+        return hardware.memory_gib
     if hardware.device == "cuda" and os.environ.get(GPU_MEMORY_VARIABLE):
         try:
             return float(os.environ[GPU_MEMORY_VARIABLE])
