@@ -2,6 +2,11 @@
 under `accelerate launch`, which runs it in N processes (DDP, DeepSpeed ZeRO or FSDP; several machines through
 the user's own accelerate config). posttrain has no distributed code of its own: accelerate starts the processes,
 TRL's trainers and accelerate split the batches and gather the weights, and only the main process writes.
+
+Work outside a trainer that one process could do alone (the sampling of rs, gatt and distill) is shared by batches
+(`share_batches`), so that no process waits long for another; what stays on the main process (writing the run
+folder, the held-out check of ppo and rs) is covered by the process group's timeout, set explicitly from
+--timeout-minutes (the processes read it from POSTTRAIN_TIMEOUT_MINUTES; a user's own `accelerate launch` can set it).
 """
 
 from __future__ import annotations
@@ -9,7 +14,9 @@ from __future__ import annotations
 import difflib
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from importlib.util import find_spec
 from pathlib import Path
 from typing import NoReturn
@@ -27,6 +34,10 @@ PRESETS = {
 }
 NEEDS_CUDA = {"DEEPSPEED", "FSDP"}  # accelerate runs these on GPUs only
 LAUNCHED = "POSTTRAIN_LAUNCHED"  # set for the launched processes, so that they train instead of launching again
+TIMEOUT = "POSTTRAIN_TIMEOUT_MINUTES"  # how long a process waits for the others (a collective, a barrier)
+# Generous: the held-out check of a 7B ppo or rs run on a T4 (120 prompts, two models) stays on the main process;
+# NCCL's own default (10 minutes) would kill the others while it runs. A process that really hangs is found later.
+DEFAULT_TIMEOUT_MINUTES = 120.0
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,7 @@ class Launch:
     num_processes: int | None  # None: the user's config file says
     cpu: bool  # no CUDA: the processes train on the CPU
     preset: bool  # a shipped config (one machine) rather than the user's own
+    timeout_minutes: float | None = None  # None: DEFAULT_TIMEOUT_MINUTES, or what the environment says
 
     def command(self, args: list[str]) -> list[str]:
         """The launcher's command line that runs `posttrain ARGS` in every process."""
@@ -51,6 +63,8 @@ class Launch:
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ, **{LAUNCHED: "1"})
+        if self.timeout_minutes is not None:
+            env[TIMEOUT] = str(self.timeout_minutes)
         if self.cpu:
             # accelerate's own --cpu flag would start one process (its multi-CPU launcher is mpirun). The ddp
             # config's torchrun launcher starts N; this variable makes them one gloo group on the CPU.
@@ -68,11 +82,15 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def plan_launch(num_processes: int | None, accelerate_config: str | None) -> Launch | None:
-    """The launch that --num-processes and --accelerate-config ask for, checked before anything starts;
-    None when this process trains by itself."""
+def plan_launch(
+    num_processes: int | None, accelerate_config: str | None, timeout_minutes: float | None = None
+) -> Launch | None:
+    """The launch that --num-processes, --accelerate-config and --timeout-minutes ask for, checked before anything
+    starts; None when this process trains by itself."""
     if num_processes is not None and num_processes < 1:
         raise UserError(f"--num-processes must be 1 or more, got {num_processes}.")
+    if timeout_minutes is not None and not timeout_minutes > 0:
+        raise UserError(f"--timeout-minutes must be more than 0, got {timeout_minutes}.")
     if inside_launch() or (accelerate_config is None and num_processes in (None, 1)):
         return None
     config_file, preset = find_config(accelerate_config or "ddp")
@@ -98,7 +116,7 @@ def plan_launch(num_processes: int | None, accelerate_config: str | None) -> Lau
     wanted = num_processes or settings["num_processes"]
     if gpus and int(settings.get("num_machines", 1)) == 1 and wanted > gpus:
         raise UserError(f"--num-processes {wanted} asks for one GPU per process, but this machine has {gpus}.")
-    return Launch(config_file, num_processes, cpu=gpus == 0, preset=preset)
+    return Launch(config_file, num_processes, cpu=gpus == 0, preset=preset, timeout_minutes=timeout_minutes)
 
 
 def find_config(name: str) -> tuple[Path, bool]:
@@ -138,3 +156,31 @@ def relaunch(launch: Launch, args: list[str]) -> NoReturn:
     sys.stderr.flush()
     command = launch.command(args)
     os.execve(command[0], command, launch.environment())
+
+
+# ---------------------------------------------------------------- inside the launched processes
+
+
+def process_group_timeout() -> timedelta:
+    """How long a process waits for the others before the run fails: --timeout-minutes, through the environment."""
+    value = os.environ.get(TIMEOUT, "")
+    try:
+        minutes = float(value) if value else DEFAULT_TIMEOUT_MINUTES
+    except ValueError:
+        raise UserError(f"{TIMEOUT}={value} is not a number of minutes.") from None
+    if not minutes > 0:
+        raise UserError(f"{TIMEOUT}={value}: the timeout must be more than 0 minutes.")
+    return timedelta(minutes=minutes)
+
+
+def share_batches(state, starts: list[int], work: Callable[[int], list]) -> list[list]:
+    """work(start) for every batch start, [work(starts[0]), work(starts[1]), ...] in every process: each process
+    does every N-th batch (accelerate's `state`: N processes, this one's index) and the results are gathered.
+    A batch's result depends on its start alone (its seed is drawn from it), so it is what one process would get."""
+    mine = {start: work(start) for start in starts[state.process_index :: state.num_processes]}
+    if state.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        for theirs in gather_object([mine]):  # one dict per process, in every process
+            mine |= theirs
+    return [mine[start] for start in starts]

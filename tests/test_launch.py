@@ -29,8 +29,8 @@ def no_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
 
-def train_in_two_processes(method: str, recipe: Path) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "posttrain", method, str(recipe), "--num-processes", "2"]
+def train_in_two_processes(method: str, recipe: Path, *options: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "posttrain", method, str(recipe), "--num-processes", "2", *options]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     return done
@@ -85,6 +85,49 @@ def test_ppo_with_ptx_in_two_processes(tmp_path, rl_recipe):
     assert (tmp_path / "ppo" / "adapter" / "adapter_model.safetensors").is_file()
 
 
+# Put first on the launched processes' path: the first batch each process samples takes 10 s longer.
+SLOW_FIRST_BATCH = """
+import time
+
+import posttrain.rl.sampling as sampling
+
+original = sampling.sample
+
+
+def slow_first_batch(*args, **kwargs):
+    if not getattr(slow_first_batch, "slept", False):
+        slow_first_batch.slept = True
+        time.sleep(10)
+    return original(*args, **kwargs)
+
+
+sampling.sample = slow_first_batch
+"""
+
+
+def test_rs_sampling_is_shared_so_no_process_waits_out_a_short_timeout(tmp_path, rl_recipe, monkeypatch):
+    from posttrain.methods.common import run_method
+    from posttrain.recipe import load_recipe
+
+    recipe = rl_recipe("rs", eval_prompts=None, keep_cut_off=True)  # 8 new tokens: most answers are cut off
+    prompts = [{"prompt": f"What is {i} plus {i}, matey?"} for i in range(6)]  # 3 batches: 2 to one process
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(row) + "\n" for row in prompts))
+    settings = yaml.safe_load(recipe.read_text())
+    settings["data"]["train"] = str(tmp_path / "prompts.jsonl")
+    recipe.write_text(f"# posttrain rs {recipe.name}\n" + yaml.safe_dump(settings))
+    (tmp_path / "slow").mkdir()
+    (tmp_path / "slow" / "sitecustomize.py").write_text(SLOW_FIRST_BATCH)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "slow"))
+    # a 6-second timeout: a process that waited for the other's sampling (over 10 s) would fail at the barrier
+    done = train_in_two_processes("rs", recipe, "--timeout-minutes", "0.1")
+    assert done.stdout.count("done: run folder") == 1
+    monkeypatch.delenv("PYTHONPATH")
+    run_method(load_recipe(str(recipe), [f"output_dir={tmp_path / 'one'}"]), echo=lambda _: None)
+    # each batch is seeded from its position: two processes sample what one does
+    two, one = (tmp_path / folder / "selected" / "round-1.jsonl" for folder in ("rs", "one"))
+    assert two.read_text() == one.read_text()
+
+
 def test_dry_run_checks_here_and_shows_the_launch(tmp_path, write_recipe, outside_launch):
     result = CliRunner().invoke(app, ["sft", str(write_recipe()), "--num-processes", "2", "--dry-run"])
     assert result.exit_code == 0, result.output
@@ -118,6 +161,13 @@ def test_num_processes_alone_launches_the_ddp_preset_on_the_cpu(monkeypatch, out
     ]
     env = planned.environment()
     assert env["ACCELERATE_USE_CPU"] == "true" and env[launch.LAUNCHED] == "1"
+
+
+def test_the_timeout_reaches_the_launched_processes(monkeypatch, outside_launch):
+    monkeypatch.delenv(launch.TIMEOUT, raising=False)
+    assert launch.process_group_timeout().total_seconds() == launch.DEFAULT_TIMEOUT_MINUTES * 60
+    monkeypatch.setenv(launch.TIMEOUT, launch.plan_launch(2, None, 0.5).environment()[launch.TIMEOUT])
+    assert launch.process_group_timeout().total_seconds() == 30
 
 
 def test_a_users_config_decides_processes_and_port(tmp_path, outside_launch):
@@ -161,6 +211,7 @@ def test_launched_processes_get_the_same_arguments_without_the_launch_options():
         (["--accelerate-config", "configs/missing.yaml"], "no such file configs/missing.yaml"),
         (["--accelerate-config", "zero3"], "not installed: pip install deepspeed"),
         (["--accelerate-config", "fsdp"], "needs CUDA GPUs, and this machine has none"),
+        (["--num-processes", "2", "--timeout-minutes", "0"], "--timeout-minutes must be more than 0, got 0.0"),
     ],
 )
 def test_bad_launch_options_are_refused(tmp_path, write_recipe, monkeypatch, outside_launch, options, message):

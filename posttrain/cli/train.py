@@ -39,6 +39,15 @@ AccelerateConfig = Annotated[
         show_default=False,
     ),
 ]
+TimeoutMinutes = Annotated[
+    float | None,
+    typer.Option(
+        help="With several processes: how long one waits for the others before the run fails (default 120; "
+        "NCCL's own is 10). The main process alone writes the run folder and runs ppo's and rs's held-out check.",
+        metavar="MINUTES",
+        show_default=False,
+    ),
+]
 
 
 def load_method_recipe(recipe: str, method: str, overrides: list[str] | None, output_dir: Path | None):
@@ -58,13 +67,14 @@ def train(
     dry_run: bool,
     num_processes: int | None = None,
     accelerate_config: str | None = None,
+    timeout_minutes: float | None = None,
 ) -> None:
 
     from posttrain.launch import is_main_process, plan_launch, relaunch
     from posttrain.methods.common import run_method
     from posttrain.plan.fit import warn_if_too_big
 
-    launch = plan_launch(num_processes, accelerate_config)
+    launch = plan_launch(num_processes, accelerate_config, timeout_minutes)
     loaded = load_method_recipe(recipe, method, overrides, output_dir)
     quiet_libraries()
     if is_main_process():
@@ -138,8 +148,10 @@ def add_training_command(method: str, help_text: str) -> None:
         dry_run: DryRun = False,
         num_processes: NumProcesses = None,
         accelerate_config: AccelerateConfig = None,
+        timeout_minutes: TimeoutMinutes = None,
     ):
-        train(method, recipe, overrides, output_dir, resume, overwrite, dry_run, num_processes, accelerate_config)
+        options = (num_processes, accelerate_config, timeout_minutes)
+        train(method, recipe, overrides, output_dir, resume, overwrite, dry_run, *options)
 
 
 for _method in METHODS.values():

@@ -177,10 +177,13 @@ def start_run(stage: Stage, *, resume: bool, overwrite: bool) -> None:
 
 
 def processes(stage: Stage):
-    """accelerate's view of the processes training this run: one, or those `accelerate launch` started."""
+    """accelerate's view of the processes training this run: one, or those `accelerate launch` started. The first
+    call makes the process group, with posttrain's explicit timeout (not NCCL's 10 minutes)."""
     from accelerate import PartialState
 
-    return PartialState(cpu=stage.hardware.device == "cpu")
+    from posttrain.launch import process_group_timeout
+
+    return PartialState(cpu=stage.hardware.device == "cpu", timeout=process_group_timeout())
 
 
 def seed_everything(seed: int) -> None:

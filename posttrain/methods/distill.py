@@ -94,8 +94,8 @@ def select(
 
 def answers(sampler: Sampler, prompts: list[dict], s) -> list[dict]:
     """Both answers to every prompt, each scored as a reply to the prompt without the preprompt."""
-    records = []
-    for start in range(0, len(prompts), s.batch_size):
+
+    def batch_records(start: int) -> list[dict]:
         batch = prompts[start : start + s.batch_size]
         plain_prompts = [p["prompt"] for p in batch]
         both = []
@@ -112,8 +112,10 @@ def answers(sampler: Sampler, prompts: list[dict], s) -> list[dict]:
                     for r, c, f in zip(samples.responses, scores, finished, strict=True)
                 ]
             )
-        records += select(batch, both[0], both[1], s.keep, s.keep_cut_off)
-    return records
+        return select(batch, both[0], both[1], s.keep, s.keep_cut_off)
+
+    batches = sampler.share(list(range(0, len(prompts), s.batch_size)), batch_records)
+    return [record for batch in batches for record in batch]
 
 
 def mean(values: list[float]) -> float | None:

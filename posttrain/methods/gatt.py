@@ -113,24 +113,38 @@ def build_dialogues(sampler: Sampler, dialogues: list[dict], s) -> list[dict]:
             group = [
                 i for i, d in enumerate(dialogues) if len(d["turns"]) > turn and (len(d["turns"]) == turn + 1) == final
             ]
-            k = s.samples_per_dialogue if final else 1
-            for start in range(0, len(group), s.batch_size):
-                batch = group[start : start + s.batch_size]
-                prompts = [sampled_context(dialogues[i], replies[i], turn) for i in batch]
-                samples = sampler.sample(prompts, k, seed=s.seed * 100_003 + turn * 1_009 + start * 2 + final)
-                if not final:
-                    for i, reply in zip(batch, samples.responses, strict=True):
-                        replies[i].append(reply)  # a reply cut off at max_new_tokens is still context
-                    continue
-                trained = [trained_context(dialogues[i], replies[i], s.instruction_in) for i in batch]
-                scores = sampler.score(samples, trained) if s.reward else [None] * len(samples.responses)
-                finished = samples.has_eos.tolist()
-                for n, i in enumerate(batch):
-                    last[i] = [
-                        {"response": samples.responses[j], "score": scores[j], "finished": finished[j]}
-                        for j in range(n * k, (n + 1) * k)
-                    ]
+            for i, result in zip(group, sample_turn(sampler, dialogues, replies, group, turn, final, s), strict=True):
+                if final:
+                    last[i] = result
+                else:
+                    replies[i].append(result)  # a reply cut off at max_new_tokens is still context
     return [record_of(d, replies[i], last[i], s) for i, d in enumerate(dialogues)]
+
+
+def sample_turn(sampler: Sampler, dialogues: list[dict], replies: list[list[str]], group: list[int], turn, final, s):
+    """The reply at `turn` of each dialogue in `group` (at its last turn: its K candidates, scored in the trained
+    context), in group order. Every process samples a share of the batches; the next turn needs them all."""
+    k = s.samples_per_dialogue if final else 1
+
+    def batch_replies(start: int) -> list:
+        batch = group[start : start + s.batch_size]
+        prompts = [sampled_context(dialogues[i], replies[i], turn) for i in batch]
+        samples = sampler.sample(prompts, k, seed=s.seed * 100_003 + turn * 1_009 + start * 2 + final)
+        if not final:
+            return samples.responses
+        trained = [trained_context(dialogues[i], replies[i], s.instruction_in) for i in batch]
+        scores = sampler.score(samples, trained) if s.reward else [None] * len(samples.responses)
+        finished = samples.has_eos.tolist()
+        return [
+            [
+                {"response": samples.responses[j], "score": scores[j], "finished": finished[j]}
+                for j in range(n * k, (n + 1) * k)
+            ]
+            for n in range(len(batch))
+        ]
+
+    batches = sampler.share(list(range(0, len(group), s.batch_size)), batch_replies)
+    return [result for batch in batches for result in batch]
 
 
 def record_of(dialogue: dict, replies: list[str], candidates: list[dict], s) -> dict:

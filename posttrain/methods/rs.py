@@ -53,6 +53,20 @@ def sample_and_select(stage: Stage, prompts: list[dict], rewards: dict[str, Path
     """Round `number`'s best-of-K answers from the policy in `adapter`."""
     import torch
 
+    candidates = sample_candidates(stage, prompts, rewards, adapter, number)
+    gc.collect()  # the sampling model, before the fine-tuning loads its own
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    s = stage.recipe.rs
+    return select_best(prompts, candidates, s.missing_eos_penalty, s.keep_cut_off)
+
+
+def sample_candidates(stage: Stage, prompts, rewards: dict[str, Path], adapter: Path | None, number: int) -> list:
+    """K scored answers to each prompt. Under several processes each samples every N-th batch and all get every
+    answer: each batch is seeded from its position, so the answers are those one process would sample."""
+    import torch
+
+    from posttrain.launch import share_batches
     from posttrain.precision import autocast
     from posttrain.rl.sampling import reward_scores, sample
     from posttrain.rl.shared_model import SharedModel
@@ -61,26 +75,25 @@ def sample_and_select(stage: Stage, prompts: list[dict], rewards: dict[str, Path
     base, lora = load_base_and_lora(stage)
     shared = SharedModel.for_sampling(base, lora, adapter, rewards)
     shared.eval()
-    roles, k, candidates = list(rewards), s.samples_per_prompt, []
-    for start in range(0, len(prompts), s.batch_size):
+    roles, k = list(rewards), s.samples_per_prompt
+
+    def candidates_of(start: int) -> list[list[dict]]:
         torch.manual_seed(s.seed * 100_003 + number * 1_009 + start)  # the same draw when a round is redone
         # under the autocast SFT and reward training ran under, so scores are those the reward run was trained to
         with autocast(stage.precision, base.device.type):
             samples = sample(shared, stage.tokenizer, prompts[start : start + s.batch_size], s, base.device, k)
             scores = reward_scores(shared, samples, roles, s).tolist()
         finished = samples.has_eos.tolist()
-        for i in range(0, len(scores), k):
-            candidates.append(
-                [
-                    {"response": samples.responses[j], "score": round(scores[j], 4), "finished": finished[j]}
-                    for j in range(i, i + k)
-                ]
-            )
-    del shared, base
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    return select_best(prompts, candidates, s.missing_eos_penalty, s.keep_cut_off)
+        return [
+            [
+                {"response": samples.responses[j], "score": round(scores[j], 4), "finished": finished[j]}
+                for j in range(i, i + k)
+            ]
+            for i in range(0, len(scores), k)
+        ]
+
+    batches = share_batches(processes(stage), list(range(0, len(prompts), s.batch_size)), candidates_of)
+    return [group for batch in batches for group in batch]
 
 
 def fine_tune(stage: Stage, selected: list[dict], adapter: Path | None, folder: Path, scores: dict) -> dict:
@@ -137,8 +150,12 @@ def train(stage: Stage, *, resume: bool, echo: Callable[[str], None] = print) ->
         folder.mkdir(parents=True, exist_ok=True)
         selected_file = run_folder.path / "selected" / f"round-{number}.jsonl"
         started = time.perf_counter()
-        if state.is_main_process and not selected_file.is_file():
-            write_jsonl(selected_file, sample_and_select(stage, prompts, rewards, adapter, number))
+        # Every process samples its share of the prompts; each decides here, and the main process writes only
+        # after the others joined its gathers, so all decide alike.
+        if not selected_file.is_file():
+            selected = sample_and_select(stage, prompts, rewards, adapter, number)
+            if state.is_main_process:
+                write_jsonl(selected_file, selected)
         state.wait_for_everyone()
         selected = [json.loads(line) for line in selected_file.read_text(encoding="utf-8").splitlines()]
         scores = round_scores(selected, number) | {"sampling_s": round(time.perf_counter() - started, 1)}

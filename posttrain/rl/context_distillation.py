@@ -3,7 +3,8 @@
 the prompt without it, and written to a data file in the run folder before the SFT that follows.
 
 Sampling and scoring are rejection sampling's (posttrain.rl.sampling) on the same shared base: the policy frozen,
-the reward run as a second adapter with its score head.
+the reward run as a second adapter with its score head. Under several processes each samples every N-th batch
+(Sampler.share) and every process gets the whole built data, the same as one process would build.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from posttrain.errors import UserError
-from posttrain.methods.common import Stage, prepare_stage
+from posttrain.launch import share_batches
+from posttrain.methods.common import Stage, prepare_stage, processes
 from posttrain.rl.setup import check_reward_run, load_base_and_lora
 from posttrain.runs import RunFolder, write_jsonl
 
@@ -57,7 +59,12 @@ class Sampler:
         self.shared = SharedModel.for_sampling(base, lora, stage.adapter, rewards)
         self.shared.eval()
         self.tokenizer, self.settings, self.precision = stage.tokenizer, settings, stage.precision
-        self.device = base.device
+        self.device, self.processes = base.device, processes(stage)
+
+    def share(self, starts: list[int], work: Callable[[int], list]) -> list[list]:
+        """work(start) for every batch start, each process doing its share (posttrain.launch.share_batches): a
+        batch's seed must follow from its start alone."""
+        return share_batches(self.processes, starts, work)
 
     def sample(self, prompts: list[list[dict]], per_prompt: int, seed: int):
         """`per_prompt` replies to each prompt (consecutive), as posttrain.rl.sampling.Samples."""
@@ -105,13 +112,14 @@ class Sampler:
 
 
 def build_once(stage: Stage, build: Callable[[], list[dict]]) -> list[dict]:
-    """The built rows from the run folder (kept by --resume), or built now by the main process and written there.
-    Written whole, then moved into place: a file that exists is complete."""
-    from posttrain.methods.common import processes
-
+    """The built rows from the run folder (kept by --resume), or built now by every process (each its share) and
+    written there by the main one. Written whole, then moved into place: a file that exists is complete."""
     path, state = stage.run.built, processes(stage)
-    if state.is_main_process and not path.is_file():
-        write_jsonl(path, build())
+    # Each process decides here; the main process writes only after the others joined its gathers, so all agree.
+    if not path.is_file():
+        rows = build()
+        if state.is_main_process:
+            write_jsonl(path, rows)
     state.wait_for_everyone()
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
