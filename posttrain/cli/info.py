@@ -51,7 +51,9 @@ def plan(
     Reads only the model's config (shipped for the Llama 2 7B and 13B sizes, so it works offline).
     """
     from posttrain.errors import UserError
+    from posttrain.plan.estimate import Models
     from posttrain.plan.fit import plan_lines
+    from posttrain.plan.timing import time_lines
     from posttrain.precision import Hardware
     from posttrain.recipe import load_recipe
 
@@ -65,6 +67,7 @@ def plan(
     else:
         raise UserError(f"--gpu {gpu}: unknown GPU; choose one of {', '.join(GPUS)}, or give --memory-gb N.")
     lines, _ = plan_lines(loaded, name, total, hardware)
+    lines[2:2] = time_lines(loaded, Models.of(loaded).policy.shape)  # after plan and model; of a T4 whatever --gpu
     for line in lines:
         typer.echo(line)
 
