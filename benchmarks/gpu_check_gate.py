@@ -42,8 +42,13 @@ class Unmet:
 
     def line(self) -> str:
         found = f"found {self.found}" if self.found else "not installed"
-        needed = str(self.requirement.specifier) or "any version"
+        needed = spelled(self.requirement) or "any version"
         return f"{self.requirement.name}: {found}, needed {needed} (by {self.wanted_by})"
+
+
+def spelled(requirement: Requirement) -> str:
+    """Its version bounds, lower bound first (>=5.0,<6)."""
+    return ",".join(sorted((str(s) for s in requirement.specifier), key=lambda s: not s.startswith(">")))
 
 
 def declared(pyproject: Path) -> list[Requirement]:
@@ -140,7 +145,7 @@ def gate(pyproject: Path, wheels: Path | None, install: Callable[[list[Path]], N
         problems = unmet(direct, {parse_wheel_filename(name)[0] for name in from_wheels})
         if not problems:
             return {
-                "needed": {r.name: str(r.specifier) for r in direct},
+                "needed": {r.name: spelled(r) for r in direct},
                 "versions": {r.name: installed(r.name) for r in direct},
                 "installed_from_wheels": from_wheels,
             }

@@ -105,6 +105,23 @@ def test_passed_refuses_a_check_without_both_speed_rows():
     assert not passed(report)
 
 
+def test_a_shipped_recipe_that_does_not_load_fails_its_method_instead_of_falling_back(tmp_path, monkeypatch):
+    """The 7B rows run the shipped llama2-7b/*-qlora-t4 recipes; one that stops loading (an unknown key on an older
+    transformers) is that method's failure, never a quiet switch to the small recipe."""
+    from gpu_check import train_methods
+
+    import posttrain.recipe
+    from posttrain.errors import UserError
+
+    def broken(ref, overrides=(), method=None):
+        raise UserError(f"{ref}: unknown recipe key train.activation_checkpointing")
+
+    monkeypatch.setattr(posttrain.recipe, "load_recipe", broken)
+    rows = train_methods("llama2-7b shape, 4 layers", str(tmp_path / "model"), tmp_path, {}, 3, False, {})
+    assert {row["method"] for row in rows} >= METHODS
+    assert all(row["exit_code"] is None and "does not load" in row["error"] for row in rows)
+
+
 def test_plain_trl_sft_runs_with_posttrains_settings_but_for_the_listed_fields(tmp_path, monkeypatch):
     """The speed comparison's two sides: posttrain's SFTConfig (built as `posttrain sft` builds it, defaults and
     `auto` values settled) and the plain TRL one from that run's recipe.yaml are equal in every field but DIFFERS."""
@@ -165,7 +182,7 @@ def test_gate_stops_naming_package_found_and_needed_versions_when_no_wheel_is_ca
 
     fake_site(site, "ptfake_lib", "1.5")
     fake_site(site, "ptfake_data", "1.0")
-    with pytest.raises(GateError, match=r"ptfake-lib: found 1\.5, needed <3,>=2\.0 \(by pyproject\.toml\)"):
+    with pytest.raises(GateError, match=r"ptfake-lib: found 1\.5, needed >=2\.0,<3 \(by pyproject\.toml\)"):
         gate(site.parent / "pyproject.toml", None, install=lambda wheels: pytest.fail("nothing to install"))
 
 
