@@ -1,198 +1,380 @@
-"""What PPO and rejection sampling share before and around training: the reward runs (checked against the policy),
-the prompts that leave room for a response, the plan lines, and the one 4-bit base their adapters sit on."""
+"""One-command GPU acceptance check (issue #13): every posttrain command on one GPU, as on a T4, in about 9 minutes.
+
+On the GPU it emulates a T4: fp16 everywhere (even where bf16 exists) and PyTorch's memory capped at a T4's usable
+14.5 GiB (set in this process, where every command runs through the CLI). It runs
+  - every training method the CLI lists (sft, reward, dpo, orpo, rs, ppo, and any added later) for a few steps, on
+    tiny-llama2 (4-bit) and on a Llama-2-7B-shaped model with random weights and --layers decoder layers (the
+    shipped llama2-7b/*-qlora-t4 recipes, as benchmarks/plan_vs_measured.py runs them), each with its peak
+    torch.cuda.max_memory_allocated beside `posttrain plan`'s prediction;
+  - generate, merge and eval (accuracy, winrate, perplexity) on the trained runs of both models;
+  - seconds per step of posttrain against plain TRL with the same settings, for sft and dpo (7B shape);
+  - a PPO run interrupted after a checkpoint and resumed with --resume, which must repeat the uninterrupted one.
+It writes gpu_check.json and gpu_check.md into --output. First, within seconds and before anything loads, every
+direct dependency must be at a version pyproject.toml admits (read when the check starts), and so must what those
+packages require (benchmarks/gpu_check_gate.py); what is not is installed with --upgrade from --wheels (see
+benchmarks/fetch_gpu_wheels.sh), and what no carried wheel satisfies is named (package, found, needed) and the check
+stops (exit 2). It passes only when every command exits 0, no training run had more than 10% of its steps skipped by
+fp16's loss scaler or logged a loss that is not a finite number, both speed rows were measured and PPO --resume
+repeated the run. --tiny checks the script itself on a CPU: tiny-llama2 only, 2 steps, no 7B shape, no GPU figures.
+
+    python benchmarks/gpu_check.py --output DIR [--wheels DIR] [--layers 4] [--tiny] [--work DIR] [--budget-s 480]
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import argparse
+import importlib
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
 from pathlib import Path
 
-from posttrain.data.prompts import prompt_sources, read_prompts, too_long_message
-from posttrain.errors import UserError
-from posttrain.evaluation.taught_text import TaughtText
-from posttrain.methods.common import Stage, load_base, prepare_stage
-from posttrain.models.loading import lora_config, method_of_run, resolve_model
-from posttrain.recipe import Recipe
-from posttrain.runs import write_jsonl
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this tree's posttrain, installed or not
+T4_USABLE_GIB = 14.5
+T4_CAPABILITY = (7, 5)
+SPEED_METHODS = ("sft", "dpo")
+MOST_SKIPPED = 0.10  # share of a run's optimizer steps fp16's loss scaler may skip (an overflow), and still pass
 
 
-@dataclass
-class RLInputs:
-    """A ppo or rs stage's data: the prompts, the adapter folder of each reward run by role, the held-out prompts
-    (chats) of the check at the end with the SFT data's answers it scores beside them, and PPO-ptx's conversations
-    (posttrain/rl/ptx.py)."""
-
-    prompts: list[dict]
-    rewards: dict[str, Path]
-    heldout: list[list[dict]] = field(default_factory=list)
-    ptx: list[dict] = field(default_factory=list)
-    taught: TaughtText | None = None
+# ---------------------------------------------------------------- what the check needs
 
 
-def reward_runs(spec: str | dict[str, str]) -> dict[str, str]:
-    """{role: run} for one reward run ("reward") or Llama 2's pair (helpfulness, safety)."""
-    return dict(spec) if isinstance(spec, dict) else {"reward": spec}
+def ensure_requirements(wheels: Path | None) -> dict:
+    """The version gate (gpu_check_gate.py), then an import of each direct dependency: a library that fails at
+    import (a CUDA library not found) shows up here, before any command runs."""
+    from gpu_check_gate import GateError, declared, gate
+    from packaging.utils import canonicalize_name
+
+    pyproject, started = ROOT / "pyproject.toml", time.perf_counter()
+    try:
+        found = gate(pyproject, wheels) | {"problem": None, "import_errors": {}}
+    except GateError as err:
+        return {"problem": str(err), "import_errors": {}}
+    found["gate_s"] = round(time.perf_counter() - started, 1)  # the versions checked, the carried wheels installed
+    modules = {}  # distribution: its importable top-level modules
+    for module, dists in importlib.metadata.packages_distributions().items():
+        for dist in dists:
+            modules.setdefault(canonicalize_name(dist), []).append(module)
+    for requirement in declared(pyproject):
+        names = sorted(m for m in modules.get(canonicalize_name(requirement.name), []) if not m.startswith("_"))
+        module = requirement.name.replace("-", "_") if requirement.name.replace("-", "_") in names else names[0]
+        try:
+            importlib.import_module(module)
+        except Exception as err:  # ImportError, or a library failing at import
+            found["import_errors"][requirement.name] = f"{type(err).__name__}: {err}"[:300]
+    return found
 
 
-def check_reward_run(run: str, stage: Stage, key: str) -> Path:
-    """The adapter folder of a reward run trained on the same base model and tokenizer as the policy."""
+def emulate_t4() -> None:
+    """Make this process's GPU act as a T4 for every command (they all run here, through the CLI): PyTorch's memory
+    capped at a T4's usable 14.5 GiB, and posttrain planning for that much (activation_checkpointing: auto, the
+    too-big warning); compute capability 7.5, so posttrain's automatic precision is fp16 everywhere (generate and
+    eval included); no flash attention in SDPA, which a T4 lacks (the memory-efficient kernel remains)."""
+    import torch
+
+    from posttrain.plan.fit import GPU_MEMORY_VARIABLE
+
+    total = torch.cuda.get_device_properties(0).total_memory / 2**30
+    torch.cuda.set_per_process_memory_fraction(min(1.0, T4_USABLE_GIB / total))
+    os.environ[GPU_MEMORY_VARIABLE] = str(T4_USABLE_GIB)
+    torch.cuda.get_device_capability = lambda device=None: T4_CAPABILITY
+    torch.backends.cuda.enable_flash_sdp(False)
+
+
+# ---------------------------------------------------------------- the report
+
+
+class Report:
+    """gpu_check.json and gpu_check.md, rewritten after every part so an interrupted check still leaves one."""
+
+    def __init__(self, folder: Path, data: dict):
+        self.folder, self.data = folder, data
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def save(self) -> None:
+        (self.folder / "gpu_check.json").write_text(json.dumps(self.data, indent=2) + "\n", encoding="utf-8")
+        (self.folder / "gpu_check.md").write_text(markdown(self.data), encoding="utf-8")
+
+
+def cell(value) -> str:
+    return "–" if value is None else str(value)
+
+
+def markdown(d: dict) -> str:
+    lines = [
+        "# posttrain GPU check",
+        "",
+        f"- machine: {d['machine']}",
+        f"- emulating: {d['emulating']}",
+        f"- took {d.get('elapsed_s')} s; all passed: {d.get('all_passed')}",
+    ]
+    needs = d["requirements"]
+    if needs["problem"] or needs["import_errors"]:
+        lines += ["", "**Requirements not met, so nothing ran:**", "", "```", needs["problem"] or "", "```"]
+        lines += [f"- {k} does not import: {v}" for k, v in needs["import_errors"].items()]
+        return "\n".join(lines) + "\n"
+    versions = [f"{k} {v} (needs {needs['needed'][k] or 'any'})" for k, v in needs["versions"].items()]
+    lines += [f"- versions: {', '.join(versions)}"]
+    lines += [f"- installed from the carried wheels: {', '.join(needs['installed_from_wheels']) or 'none'}"]
+    lines += ["", "## Training methods", ""]
+    lines += ["| model | method | exit | s | peak GiB | plan GiB | abs error GiB | loss or score, first → last | "]
+    lines[-1] += "fp16 skipped |"
+    lines += ["|---|---|---|---|---|---|---|---|---|"]
+    for r in d.get("methods", []):
+        first = next((r[k] for k in ("first_loss", "first_score") if k in r), None)
+        last = next((r[k] for k in ("last_loss", "last_score") if k in r), None)
+        skipped = f"{r['fp16_skipped']} of {r['optimizer_steps']}" if "fp16_skipped" in r else "–"
+        lines.append(
+            f"| {r['model']} | {r['method']} | {cell(r.get('exit_code'))} | {cell(r.get('seconds'))} | "
+            f"{cell(r.get('peak_gib'))} | {cell(r.get('predicted_gib'))} | {cell(r.get('abs_error_gib'))} | "
+            f"{cell(first)} → {cell(last)} | {skipped} |"
+        )
+    lines += ["", "## Using the trained runs", "", "| model | command | exit | s | peak GiB | result |"]
+    lines += ["|---|---|---|---|---|---|"]
+    for r in d.get("use", []):
+        result = ", ".join(f"{k} {v:.4g}" for k, v in (r.get("result") or {}).items())
+        lines.append(
+            f"| {r['model']} | {r['command_name']} | {r['exit_code']} | {r['seconds']} | {cell(r['peak_gib'])} | "
+            f"{result} |"
+        )
+    lines += ["", "## Seconds per step: posttrain vs plain TRL, same settings", ""]
+    lines += ["| model | method | posttrain | plain TRL | posttrain / TRL |", "|---|---|---|---|---|"]
+    for r in d.get("speed", []):
+        lines.append(
+            f"| {r['model']} | {r['method']} | {cell(r.get('posttrain_s_per_step'))} | "
+            f"{cell(r.get('trl_s_per_step'))} | {cell(r.get('ratio'))} |"
+        )
+    resume = d.get("ppo_resume") or {}
+    lines += ["", "## PPO --resume", "", f"reproduced: {resume.get('reproduced')}; "]
+    lines[-1] += f"largest relative difference {cell(resume.get('max_relative_difference'))}"
+    if d.get("failures"):
+        lines += ["", "## Why it did not pass", ""] + [f"- {line}" for line in d["failures"]]
+    errors = [r for r in d.get("methods", []) + d.get("use", []) if r.get("error")]
+    if errors:
+        lines += ["", "## Errors"]
+        for r in errors:
+            lines += ["", f"`{r['command']}`", "", "```", r["error"][-1500:], "```"]
+    commands = d.get("methods", []) + d.get("use", [])
+    skipped = [r["command"] for r in commands if r.get("exit_code") is None and not r.get("error")]
+    if skipped:
+        lines += ["", "Not started, past the time budget (--budget-s):"] + [f"- `{command}`" for command in skipped]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- the parts
+
+
+def train_methods(model: str, base: str, runs: Path, data: dict, steps: int, gpu: bool, timed: dict) -> list[dict]:
+    """Every training method on one model, the 7B shape through the shipped T4 recipes where there is one."""
+    from gpu_check_runs import train_and_measure, training_methods, write_small_recipe
+    from gpu_check_speed import StepTimer
+
+    rows = []
+    for method in training_methods():
+        try:  # a shipped recipe that does not load is this method's failure, never a fall back to a small recipe
+            shipped = model != "tiny-llama2"
+            recipe, settings = shipped_t4_recipe(method, Path(base), runs, steps) if shipped else (None, [])
+        except Exception as err:
+            rows.append({"model": model, "method": method, "command": f"posttrain {method}", "exit_code": None})
+            rows[-1]["error"] = f"llama2-7b/{method}-qlora-t4 does not load: {type(err).__name__}: {err}"[:3000]
+            continue
+        if recipe is None:
+            path = write_small_recipe(method, base, runs, data, steps, gpu)
+            if path is None:
+                error = "no small recipe passed its --dry-run: add the method to KNOWN in gpu_check_runs.py"
+                rows.append({"model": model, "method": method, "command": f"posttrain {method}", "exit_code": None})
+                rows[-1]["error"] = error
+                continue
+            recipe = str(path)
+        timer = StepTimer().install() if method in SPEED_METHODS else None
+        try:
+            row = train_and_measure(method, model, recipe, settings, runs / method)
+        finally:
+            if timer:
+                timed[method] = {"times": timer.remove()}  # plain TRL then runs with this run's recipe.yaml
+        rows.append(row)
+        print(f"{model} {method}: exit {row['exit_code']}, {row['seconds']} s, peak {row['peak_gib']} GiB", flush=True)
+    return rows
+
+
+def shipped_t4_recipe(method: str, base: Path, runs: Path, steps: int) -> tuple[str | None, list[str]]:
+    """llama2-7b/METHOD-qlora-t4 pointed at the random model and rows that fill its max_length, as
+    benchmarks/plan_vs_measured.py runs it; (None, []) for a method without a shipped T4 recipe. A recipe that is
+    shipped but does not load raises."""
+    from plan_vs_measured import settings_of, write_rows
     from transformers import AutoTokenizer
 
-    ref = resolve_model(run)
-    if not ref.is_run or method_of_run(ref.adapter.parent) != "reward":
-        raise UserError(
-            f"{key}: {run} is not a reward run. Train one with `posttrain reward RECIPE` and name its run folder here."
-        )
-    if ref.base != stage.model.base:
-        raise UserError(
-            f"{key}: {run} was trained on {ref.name}, but the policy's base is {stage.model.name}; "
-            "PPO shares one base model, so both runs must use the same one."
-        )
-    reward_tokenizer = AutoTokenizer.from_pretrained(ref.tokenizer)
-    if reward_tokenizer.get_vocab() != stage.tokenizer.get_vocab():
-        raise UserError(f"{key}: {run} uses a different tokenizer from the policy; retrain it from the same base.")
-    differences = tokenizer_differences(reward_tokenizer, stage.tokenizer)
-    if differences:
-        raise UserError(
-            f"{key}: {run} and the policy ({stage.recipe.model.name}) render conversations differently: "
-            f"{'; '.join(differences)}. The reward run would score text laid out unlike what it was trained on; "
-            "train both runs with the same model.chat_template and tokenizer."
-        )
-    return ref.adapter
+    from posttrain.recipe import load_recipe, shipped_recipes
+
+    name = f"llama2-7b/{method}-qlora-t4"
+    if name not in shipped_recipes():
+        return None, []
+    load_recipe(name)
+    rows = write_rows(runs / f"{method}-rows.jsonl", method, AutoTokenizer.from_pretrained(base))
+    if method == "rs":  # rs samples every prompt: 4 are enough to measure it
+        rows.write_text("".join(rows.read_text().splitlines(keepends=True)[:4]))
+    settings = settings_of(method, base, runs, rows)  # fp16 on a GPU, as on a T4
+    return name, settings + ([f"train.max_steps={steps}"] if method in SPEED_METHODS else [])
 
 
-def tokenizer_differences(reward_tokenizer, policy_tokenizer) -> list[str]:
-    """What the reward run's tokenizer renders or marks differently from the policy's (empty: none)."""
-    differences = [
-        f"{name} token {getattr(reward_tokenizer, name)!r} (reward) vs {getattr(policy_tokenizer, name)!r} (policy)"
-        for name in ("bos_token", "eos_token", "pad_token")
-        if getattr(reward_tokenizer, name) != getattr(policy_tokenizer, name)
-    ]
-    if reward_tokenizer.chat_template != policy_tokenizer.chat_template:
-        differences.append("the chat template")
-    return differences
+def speed(model: str, timed: dict, model_dir: str, runs: Path, warmup: int) -> list[dict]:
+    from gpu_check_runs import DEADLINE
+    from gpu_check_speed import plain_trl_s_per_step, s_per_step
+
+    rows = []
+    for method, run in timed.items():
+        if time.perf_counter() > DEADLINE["at"] or not run["times"]:
+            continue
+        row = {"model": model, "method": method, "posttrain_s_per_step": s_per_step(run["times"], warmup)}
+        row["posttrain_step_times"] = [round(t, 4) for t in run["times"]]
+        try:
+            plain = plain_trl_s_per_step(method, runs / method, model_dir)
+            row["trl_s_per_step"] = s_per_step(plain["times"], warmup)
+            row["trl_step_times"] = plain["times"]
+        except Exception as err:
+            row["trl_error"] = f"{type(err).__name__}: {err}"[:1000]
+        if row.get("trl_s_per_step") and row["posttrain_s_per_step"]:
+            row["ratio"] = round(row["posttrain_s_per_step"] / row["trl_s_per_step"], 3)
+        rows.append(row)
+        print(f"speed {model} {method}: {row}", flush=True)
+    return rows
 
 
-def prepare_rl_stage(recipe: Recipe, prompt_room: int, echo: Callable[[str], None]) -> Stage:
-    """The stage of a ppo or rs recipe with its prompts and reward runs, all checked before any weights load.
-    `prompt_room` tokens of data.max_length are kept free for the response."""
-    stage = prepare_stage(recipe)
-    section = recipe.method  # ppo or rs: both sections hold reward and sampling settings
-    runs = reward_runs(getattr(recipe, section).reward)
-    rewards = {
-        role: check_reward_run(run, stage, f"{section}.reward" + (f".{role}" if role != "reward" else ""))
-        for role, run in runs.items()
-    }
-    prompts = prompts_that_fit(recipe, stage.tokenizer, prompt_room, echo)
-    tagged = sum(p["safety"] for p in prompts)
-    if tagged and "safety" not in rewards:
-        raise UserError(
-            f"{recipe.data.train}: {tagged} prompts are tagged safety, but {section}.reward names no "
-            f"safety reward run. Give {section}.reward: {{helpfulness: RUN, safety: RUN}}, or drop the tags."
-        )
-    heldout, heldout_line = heldout_prompts(recipe, stage.tokenizer, prompt_room, prompts)
-    stage.data = RLInputs(prompts, rewards, heldout)
-    stage.details = [
-        f"prompts     {len(prompts)} from {prompt_sources(prompts)} ({tagged} tagged safety)",
-        f"reward      {', '.join(f'{role}: {path.parent}' for role, path in rewards.items())}",
-        heldout_line,
-    ]
-    if heldout:
-        stage.details += heldout_extras(stage)
-    return stage
-
-
-def heldout_extras(stage: Stage) -> list[str]:
-    """The held-out check's second judge (checked like a reward run) and the SFT data's answers; their plan lines."""
-    from posttrain.evaluation.taught_text import taught_text
-
-    section = getattr(stage.recipe, stage.recipe.method)
-    lines = []
-    if section.judge:
-        key = f"{stage.recipe.method}.judge"
-        optimised = [path.resolve() for path in stage.data.rewards.values()]
-        if check_reward_run(section.judge, stage, key).resolve() in optimised:
-            raise UserError(
-                f"{key}: {section.judge} is the reward run the policy optimises; a second judge is another reward run "
-                "(the same pairs, another train.seed), e.g. trained with recipes/smollm2-135m/reward-judge.yaml."
-            )
-        lines.append(f"judge       {section.judge} (a second reward run, for the held-out check)")
-    start = stage.adapter.parent if stage.adapter else None
-    stage.data.taught, line = taught_text(start, getattr(section, "ptx_data", None), section.seed)
-    return lines + [line]
-
-
-def heldout_prompts(recipe: Recipe, tokenizer, prompt_room: int, train: list[dict]) -> tuple[list[list[dict]], str]:
-    """The eval_prompts that fit and that the run does not train on, and the plan's line about them."""
-    source = getattr(recipe, recipe.method).eval_prompts
-    if not source:
-        return [], "held-out    none (eval_prompts: null)"
-    rows, too_long = read_prompts(source, tokenizer, recipe.data.max_length - prompt_room)
-    seen = [row["prompt"] for row in train]
-    fitting = [row["prompt"] for index, row in enumerate(rows) if index not in too_long]
-    kept = [prompt for prompt in fitting if prompt not in seen]
-    left_out = [f"{len(too_long)} too long"] if too_long else []
-    left_out += [f"{len(fitting) - len(kept)} also training prompts"] if len(kept) < len(fitting) else []
-    note = f" ({', '.join(left_out)}: left out)" if left_out else ""
-    return kept, f"held-out    {len(kept)} prompts from {source}{note}, checked at the end"
-
-
-HELDOUT_ANSWERS = "heldout.jsonl"  # in the run folder: one line per held-out prompt
-
-
-def heldout_check(stage: Stage, kl_by_step: dict[int, float] | None, echo: Callable[[str], None]) -> dict | None:
-    """The held-out report of a finished ppo or rs run (its adapter/ saved): the trained model against the one it
-    started from, on stage.data.heldout, with PPO's KL per logged step against its budget (rs: None); None when
-    there are no held-out prompts."""
-    from posttrain.evaluation.heldout import heldout_report
-    from posttrain.evaluation.heldout_bars import heldout_rows, kl_bar
-
-    if not stage.data.heldout:
-        return None
-    recipe, section = stage.recipe, getattr(stage.recipe, stage.recipe.method)
-    judge = section.reward if isinstance(section.reward, str) else section.reward["helpfulness"]
-    report = heldout_report(
-        str(stage.adapter.parent) if stage.adapter else recipe.model.name,
-        str(stage.run.path),
-        judge,
-        stage.model.base,
-        stage.data.heldout,
-        max_new_tokens=section.max_new_tokens,
-        start_chat_template=recipe.model.chat_template,
-        quantization=recipe.model.quantization,
-        truncated_score=section.truncated_score if section.truncated == "fixed_score" else None,
-        seed=section.seed,
-        second_judge=section.judge,
-        taught=stage.data.taught,
-        echo=echo,
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, required=True, help="folder for gpu_check.json and gpu_check.md")
+    parser.add_argument("--wheels", type=Path, help="folder of wheels to install what is missing from (no network)")
+    parser.add_argument("--layers", type=int, default=4, help="decoder layers of the 7B-shaped model (7B has 32)")
+    parser.add_argument(
+        "--shape-config",
+        type=Path,
+        help="config.json of another shape instead of Llama 2 7B's (a small one checks that part on a CPU)",
     )
-    # per response, summed over its tokens (ppo's last step; rs measures none)
-    report["final_kl"] = kl_by_step[max(kl_by_step)] if kl_by_step else None
-    if kl_by_step:
-        report["bars"]["kl"] = kl_bar(kl_by_step, section.kl_budget)
-    write_jsonl(stage.run.path / HELDOUT_ANSWERS, report.pop("answers"))
-    echo(f"held-out answers of both models, their scores and perplexities: {stage.run.path / HELDOUT_ANSWERS}")
-    for line in heldout_rows(report):
-        echo(line)
-    return report
+    parser.add_argument("--tiny", action="store_true", help="CPU plumbing check: tiny-llama2, 2 steps, no GPU figures")
+    parser.add_argument("--work", type=Path, help="folder for models and runs (default: a new temporary one)")
+    parser.add_argument("--budget-s", type=float, default=480, help="start no command after this many seconds")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the GPU machine has no network: fail at once, not on a timeout
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+    requirements = ensure_requirements(args.wheels)
+    requirements["checked_s"] = round(time.perf_counter() - started, 1)
+    report = Report(args.output, {"machine": platform.machine(), "emulating": None, "requirements": requirements})
+    if requirements["problem"] or requirements["import_errors"]:
+        report.data |= {"all_passed": False, "elapsed_s": round(time.perf_counter() - started, 1)}
+        report.save()
+        broken = [f"  {k} does not import: {v}" for k, v in requirements["import_errors"].items()]
+        print("\n".join([requirements["problem"] or "", *broken]).strip(), file=sys.stderr)
+        print(
+            f"(also in {args.output / 'gpu_check.md'}) Fetch wheels with benchmarks/fetch_gpu_wheels.sh DIR on a "
+            "machine with network, then pass --wheels DIR.",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    wheels = ", ".join(requirements["installed_from_wheels"]) or "nothing"
+    print(
+        f"versions met in {requirements['gate_s']} s (installed from the carried wheels: {wheels}); every direct "
+        f"dependency imported by {requirements['checked_s']} s",
+        flush=True,
+    )
+    import torch
+
+    gpu = torch.cuda.is_available()
+    if not gpu:  # the small models of a CPU check gain nothing from threads, and threads stall on a busy CPU
+        torch.set_num_threads(1)
+    if not gpu and not args.tiny and not args.shape_config:
+        sys.exit("no GPU: run with --tiny (or --shape-config SMALL.json) to check the script itself on a CPU.")
+    if gpu:
+        emulate_t4()
+    t4 = f"T4: fp16 (compute capability 7.5), no flash SDPA, PyTorch memory capped at {T4_USABLE_GIB} GiB"
+    report.data |= {
+        "machine": f"{platform.machine()}, {torch.cuda.get_device_name() if gpu else 'no GPU'}",
+        "emulating": t4 if gpu else "no GPU: plumbing only",
+        "cap_gib": T4_USABLE_GIB if gpu else None,
+        "layers_of_7b_shape": None if args.tiny else args.layers,
+        "methods": [],
+        "use": [],
+        "speed": [],
+    }
+    run_parts(args, report, gpu, started)
+    report.data["elapsed_s"] = round(time.perf_counter() - started, 1)
+    report.data["failures"] = failures(report.data)
+    report.data["all_passed"] = passed(report.data)
+    report.save()
+    print(f"wrote {args.output / 'gpu_check.json'} and gpu_check.md; all passed: {report.data['all_passed']}")
+    sys.exit(0 if report.data["all_passed"] else 1)
 
 
-def prompts_that_fit(recipe: Recipe, tokenizer, prompt_room: int, echo: Callable[[str], None]) -> list[dict]:
-    """The recipe's prompts that leave `prompt_room` tokens of data.max_length for the response; longer ones are
-    dropped and reported (data.on_too_long: drop) or refused (error)."""
-    limit, section = recipe.data.max_length - prompt_room, recipe.method
-    prompts, too_long = read_prompts(recipe.data.train, tokenizer, limit)
-    if not too_long:
-        return prompts
-    wording = f"data.max_length - {section}.max_new_tokens = {limit}" if prompt_room else None
-    message = too_long_message(list(too_long.values()), len(prompts), limit, wording)
-    if recipe.data.on_too_long != "drop" or len(too_long) == len(prompts):
-        how = "raise data.max_length" + (f" or lower {section}.max_new_tokens" if prompt_room else "")
-        raise UserError(f"{message} To use them, {how}; to leave them out, set data.on_too_long: drop.")
-    echo(f"data        {message.removesuffix('.')}: dropped (data.on_too_long: drop)")
-    return [prompt for index, prompt in enumerate(prompts) if index not in too_long]
+def run_parts(args, report: Report, gpu: bool, started: float) -> None:
+    from gpu_check_runs import DEADLINE, ppo_resume, write_data
+
+    DEADLINE["at"] = started + args.budget_s  # commands not started by then are reported with exit code None
+    work = args.work or Path(tempfile.mkdtemp(prefix="gpu-check-"))
+    data = write_data(work / "data")
+    # the speed comparison runs on the T4-like model: the 7B shape on a GPU, tiny-llama2 in --tiny
+    run_model(args, report, "tiny-llama2", "tiny-llama2", work / "tiny", data, gpu, timed=args.tiny)
+    # a checkpoint every 2 steps of 4 on a GPU; every step of 2 in --tiny, where PPO steps are slow
+    report.data["ppo_resume"] = ppo_resume(work / "tiny", work / "resume", data, gpu, save_steps=2 if gpu else 1)
+    report.save()
+    print(f"ppo --resume: {report.data['ppo_resume']}", flush=True)
+    if not args.tiny:
+        from plan_vs_measured import CONFIG, build_model
+
+        base = work / "llama2-7b-shape" / "model"
+        if not (base / "config.json").is_file():
+            build_model(base, args.shape_config or CONFIG, args.layers)
+        shape = f"{args.shape_config.name} shape" if args.shape_config else "llama2-7b shape"
+        run_model(args, report, f"{shape}, {args.layers} layers", str(base), base.parent, data, gpu, timed=True)
 
 
-def load_base_and_lora(stage: Stage):
-    """The (4-bit) base every adapter of PPO or rejection sampling sits on, and the config of a new LoRA."""
-    return load_base(stage), lora_config(stage.recipe.lora)
+def run_model(args, report: Report, model: str, base: str, runs: Path, data: dict, gpu: bool, timed: bool) -> None:
+    """Every training method, then generate, merge and eval, then (if timed) posttrain against plain TRL."""
+    from gpu_check_runs import DEADLINE, use_commands
+
+    # timed: 2 warm-up steps and 4 timed ones (1 and 1 in --tiny); else a few steps
+    steps = 2 if args.tiny else 6 if timed else 3
+    times: dict = {}
+    report.data["methods"] += train_methods(model, base, runs, data, steps, gpu, times)
+    report.save()
+    report.data["use"] += [{"model": model} | row for row in use_commands(runs, data, gpu)]
+    report.save()
+    if timed and time.perf_counter() < DEADLINE["at"]:
+        model_dir = base if base != "tiny-llama2" else str(runs / "use" / "merged")  # tiny-llama2's shape
+        report.data["speed"] += speed(model, times, model_dir, runs, warmup=1 if args.tiny else 2)
+        report.save()
+
+
+def passed(d: dict) -> bool:
+    """Every command exited 0; no training run logged a loss that is not a finite number or had more than 10% of its
+    optimizer steps skipped by fp16's loss scaler; posttrain and plain TRL were both timed for each speed method; and
+    the resumed PPO run repeated the uninterrupted one."""
+    return not failures(d)
+
+
+def failures(d: dict) -> list[str]:
+    """Why the check does not pass, one line each (none when it passes)."""
+    commands = d["methods"] + d["use"]
+    found = [] if commands else ["no command ran"]
+    found += [f"`{r['command']}` exited {r.get('exit_code')}" for r in commands if r.get("exit_code") != 0]
+    for r in d["methods"]:
+        where = f"{r['model']} {r['method']}"
+        if not all(math.isfinite(loss) for loss in r.get("losses", [])):
+            found.append(f"{where} logged a loss that is not a finite number: {r['losses']}")
+        if r.get("fp16_skipped") and r["fp16_skipped"] > MOST_SKIPPED * max(r.get("optimizer_steps") or 0, 1):
+            found.append(f"{where}: fp16 skipped {r['fp16_skipped']} of {r['optimizer_steps']} optimizer steps")
+    measured = {r["method"] for r in d["speed"] if r.get("trl_s_per_step") and r.get("posttrain_s_per_step")}
+    found += [f"no speed row for {m} with both sides timed" for m in SPEED_METHODS if m not in measured]
+    if not (d.get("ppo_resume") or {}).get("reproduced"):
+        found.append("PPO --resume did not repeat the uninterrupted run")
+    return found
+
+
+if __name__ == "__main__":
+    main()
