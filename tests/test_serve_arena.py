@@ -267,3 +267,19 @@ def test_votes_cast_in_chromium_are_in_the_file_and_survive_a_restart(
     expect(page.locator("#vote-count")).to_contain_text("2 vote(s) recorded", timeout=60_000)
     assert (tmp_path / "arena.png").stat().st_size > 10_000
     print(f"screenshot: {tmp_path / 'arena.png'}")
+
+
+@pytest.mark.slow  # one server start of two models: about 20 s on 2 cores
+def test_a_vote_behind_a_login_records_the_voter(serve_process, chromium, tiny_model, sft_run, tmp_path):
+
+    names = {"tiny-llama2", str(sft_run)}
+    votes = tmp_path / "votes.jsonl"
+    args = ["--arena", *sorted(names), "--votes", str(votes), "--auth", "ana:s3cret", "--max-new-tokens", "20"]
+    page = chromium.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(serve_process.start(*args))
+    page.locator("input[type=text]").first.fill("ana")  # gradio's login form
+    page.locator("input[type=password]").fill("s3cret")
+    page.get_by_role("button", name="Login").click()
+    play_a_round(page, "Hello?", "Tie", names)
+    [row] = rows_of(votes)
+    assert (row["voter"], row["winner"]) == ("ana", "tie") and len(row["id"]) == 32
