@@ -257,3 +257,34 @@ def test_the_too_big_warning_plans_for_the_gpu_memory_variable(monkeypatch, memo
     said = []
     fit.warn_if_too_big(recipe, said.append)
     assert bool(said) is warned, said
+
+
+def test_t4_emulation_makes_posttrain_choose_fp16_without_flash_attention_under_the_cap(monkeypatch):
+    """What gpu_check.py does to a large GPU before the first command, with CUDA's answers faked on this CPU: the
+    automatic precision of every command (generate and eval included) becomes fp16, flash SDPA is off, and the
+    plan's device memory is the cap."""
+    import types
+
+    import torch
+    from gpu_check import T4_USABLE_GIB, emulate_t4
+
+    from posttrain.plan.fit import device_memory_gib
+    from posttrain.precision import choose_precision, detect_hardware
+
+    fractions = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: types.SimpleNamespace(total_memory=141e9))
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, device=None: fractions.append(f))
+    monkeypatch.delenv("POSTTRAIN_GPU_MEMORY_GIB", raising=False)  # restored after the test
+    flash = torch.backends.cuda.flash_sdp_enabled()
+    assert choose_precision("auto", detect_hardware()) == "bf16"  # the large GPU as it is
+    try:
+        emulate_t4()
+        assert choose_precision("auto", detect_hardware()) == "fp16"
+        assert not torch.backends.cuda.flash_sdp_enabled()
+        assert device_memory_gib(detect_hardware()) == T4_USABLE_GIB
+        assert fractions == [pytest.approx(T4_USABLE_GIB * 2**30 / 141e9)]
+    finally:
+        torch.backends.cuda.enable_flash_sdp(flash)
