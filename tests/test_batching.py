@@ -1,11 +1,14 @@
 """Batches without padding: a padding-free batch gives each row exactly the loss it has alone, SFT uses such batches
-by default and reports the padding share it measured, and data of several sources and formats trains."""
+by default (positions restart at each row, so packed rows never attend to each other) and reports the padding share
+it measured, exactly, and data of several sources and formats trains."""
 
 import json
 
 import pytest
 import torch
 
+from posttrain.data.padding import padded_fraction
+from posttrain.methods import sft
 from posttrain.methods.common import run_method
 from posttrain.recipe import load_recipe
 
@@ -62,3 +65,46 @@ def test_padded_batches_report_the_padding_they_carried(write_recipe, tmp_path):
     assert "padded to the longest of 2 rows: about" in estimate
     batches = json.loads((tmp_path / "run" / "metrics.json").read_text())["data"]["batches"]
     assert 0 < batches["padding_fraction"] < 1 and batches["real_tokens"] < batches["token_slots"]
+
+
+def sft_trainer(write_recipe, **train):
+    stage = sft.prepare(load_recipe(str(write_recipe(train=train))))
+    return sft.build_trainer(stage)
+
+
+def test_the_sft_collator_restarts_positions_at_each_packed_row_so_rows_never_attend_to_each_other(write_recipe):
+    torch.manual_seed(0)
+    trainer = sft_trainer(write_recipe)  # padding-free by default
+    rows = [trainer.train_dataset[i] for i in range(3)]
+    lengths = [len(row["input_ids"]) for row in rows]
+    assert len(set(lengths)) == 3
+    batch = trainer.data_collator(rows)  # the collator training uses (the padding meter around TRL's)
+    assert batch["position_ids"][0].tolist() == [p for n in lengths for p in range(n)]
+    model = trainer.model.eval()
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
+        alone = [model(input_ids=torch.tensor([row["input_ids"]])).logits[0] for row in rows]
+    torch.testing.assert_close(packed, torch.cat(alone), rtol=1e-5, atol=1e-5)
+
+
+def test_the_padding_meter_counts_exactly_the_training_batches_real_tokens_and_slots(write_recipe):
+    trainer = sft_trainer(write_recipe, padding_free=False)
+    rows = [trainer.train_dataset[i] for i in range(3)]
+    lengths = [len(row["input_ids"]) for row in rows]
+    trainer.model.train()
+    trainer.data_collator(rows)
+    trainer.model.eval()
+    trainer.data_collator(rows)  # an evaluation batch: not counted
+    slots = max(lengths) * 3
+    assert trainer.data_collator.metrics() == {
+        "padding_fraction": round(1 - sum(lengths) / slots, 4),
+        "real_tokens": sum(lengths),
+        "token_slots": slots,
+    }
+
+
+def test_the_padding_estimate_pads_each_shuffled_batch_to_its_longest_row():
+    assert padded_fraction([1, 2, 3, 10], batch_size=4) == pytest.approx(1 - 16 / 40)
+    # seed 42 pairs every short row with a long one (rows in file order would pair like with like: no padding)
+    assert padded_fraction([1, 9] * 4, batch_size=2, seed=42) == pytest.approx(1 - 40 / 72)
+    assert padded_fraction([5, 5, 5], batch_size=2) == 0.0

@@ -68,7 +68,8 @@ def test_the_built_dialogue_shows_the_instruction_once_and_trains_only_the_last_
     trained = [i for i, label in enumerate(labels) if label != -100]
     assert trained == [i for i in range(last_start, len(mask)) if mask[i]]  # the last assistant turn, all of it
     assert [ids[i] for i in trained] == [labels[i] for i in trained]
-    assert tokenizer.decode([ids[i] for i in trained], skip_special_tokens=True).strip() == "Bees cluster."
+    answer = {"llama2": "Bees cluster. </s>", "chatml": "Bees cluster.<|im_end|>"}[template]
+    assert tokenizer.decode([ids[i] for i in trained]) == answer  # with the end of turn: how a model learns to stop
 
     text = tokenizer.decode(ids)
     assert text.count(INSTRUCTION) == 1  # once, although every user turn carried it while sampling

@@ -1,11 +1,14 @@
 """The method table is the one list of training methods: the CLI, the shipped recipes and the benchmarks follow it."""
 
 import inspect
+from pathlib import Path
 
 import pytest
 import typer
+from typer.testing import CliRunner
 
 from posttrain.cli import app
+from posttrain.cli.train import training_args
 from posttrain.methods import METHODS
 from posttrain.recipe import read_yaml, shipped_recipes
 
@@ -36,3 +39,24 @@ def test_a_method_comes_after_the_runs_it_starts_from():
         assert all(order.index(earlier) < order.index(method.name) for earlier in method.starts_from)
         assert set(method.starts_from) <= set(METHODS)
         assert method.continues_from <= set(METHODS)
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_each_training_command_runs_its_own_method(name, monkeypatch, tmp_path):
+    from posttrain.methods import common
+
+    ran = []
+    monkeypatch.setattr(common, "run_method", lambda recipe, **options: ran.append((recipe.method, options["dry_run"])))
+    recipe = shipped_recipes()[f"smollm2-135m/{name}"]
+    result = CliRunner().invoke(app, [name, str(recipe), "--dry-run", "--output-dir", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert ran == [(name, True)]
+
+
+def test_a_launched_process_gets_the_whole_training_command():
+    args = training_args("dpo", "dpo.yaml", ["train.max_steps=3", "lora.r=8"], Path("out"), True, True)
+    assert args == [
+        *("dpo", "dpo.yaml", "--set", "train.max_steps=3", "--set", "lora.r=8"),
+        *("--output-dir", "out", "--resume", "--overwrite"),
+    ]
+    assert training_args("sft", "sft.yaml", None, None, False, False) == ["sft", "sft.yaml"]

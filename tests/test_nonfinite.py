@@ -1,9 +1,36 @@
 """A run whose weights overflow stops at that step with what to change, and never saves the broken step."""
 
+from pathlib import Path
+
+import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
 from posttrain.cli import app
+from posttrain.errors import UserError
+from posttrain.precision import check_weights_finite
+
+
+def two_layers() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 3))
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
+def test_one_value_that_is_inf_or_nan_in_a_trainable_weight_stops_the_run(bad):
+    model = two_layers()
+    with torch.no_grad():
+        model[1].weight[2, 1] = bad
+    with pytest.raises(
+        UserError, match=r"^step 7: 1 trainable weights are no longer finite numbers \(first: 1.weight\)"
+    ):
+        check_weights_finite(model, 7, Path("run/checkpoints"))
+
+
+def test_finite_trainable_weights_pass_the_check():
+    model = two_layers()
+    check_weights_finite(model, 1, Path("run/checkpoints"))  # raises nothing
 
 
 def test_an_update_that_overflows_the_weights_stops_the_run_with_exit_2_and_saves_nothing(write_recipe, tmp_path):
