@@ -2,7 +2,7 @@
 VENV ?= .venv
 INSTALLED := $(VENV)/.posttrain-installed
 
-.PHONY: quickstart test test-fast test-min lint gpu-check
+.PHONY: quickstart test test-fast test-min lint gpu-check mutants
 
 quickstart: $(INSTALLED)
 	$(VENV)/bin/posttrain quickstart
@@ -29,6 +29,11 @@ test-min: $(INSTALLED)
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+# Mutation testing of the core invariants (docs/testing.md): each bug of scripts/mutant_list.py injected into a copy
+# of the package, the module's fast tests run against it; the report goes to benchmarks/results/mutants.json.
+mutants: $(INSTALLED)
+	$(VENV)/bin/python scripts/mutants.py
 
 # The GPU acceptance check (docs/benchmarks.md). It does not set up .venv, since a GPU machine may have no network:
 # point GPU_PYTHON at the Python that has torch (or VENV at its venv) and WHEELS at benchmarks/fetch_gpu_wheels.sh's
