@@ -90,8 +90,8 @@ def bar_texts(report: dict) -> list[tuple[dict, str]]:
         ),
         (
             cut_off,
-            f"cut off: {share(cut_off['trained'], prompts)} trained answers, at most {cut_off['limit']:.0%} "
-            f"(start: {share(cut_off['start'], prompts)})",
+            f"cut off: {share(cut_off['trained'], prompts)} trained answers, at most {cut_off['limit']:.0%}; the "
+            f"start's {share(cut_off['start'], prompts)}",
         ),
         (bars["reward_interval"], f"reward run's 95% interval {low:.3f} to {high:.3f}, above 0.5"),
         (
