@@ -33,6 +33,10 @@ PRESETS = {
     "fsdp": "PyTorch FSDP: weights, gradients and optimizer state sharded (FSDP-QLoRA)",
 }
 NEEDS_CUDA = {"DEEPSPEED", "FSDP"}  # accelerate runs these on GPUs only
+# Methods that sample with a model of their own, loaded outside the trainer. Under FSDP or ZeRO-3 the base is loaded
+# to be sharded (no device_map), so that model would sample on the CPU; PPO's loop also keeps four adapters on one
+# base, which accelerate's FSDP wrapping has not been shown to handle.
+UNSHARDED_METHODS = {"ppo", "rs", "gatt", "distill"}
 LAUNCHED = "POSTTRAIN_LAUNCHED"  # set for the launched processes, so that they train instead of launching again
 TIMEOUT = "POSTTRAIN_TIMEOUT_MINUTES"  # how long a process waits for the others (a collective, a barrier)
 # Generous: the held-out check of a 7B ppo or rs run on a T4 (120 prompts, two models) stays on the main process;
@@ -83,7 +87,10 @@ def is_main_process() -> bool:
 
 
 def plan_launch(
-    num_processes: int | None, accelerate_config: str | None, timeout_minutes: float | None = None
+    num_processes: int | None,
+    accelerate_config: str | None,
+    timeout_minutes: float | None = None,
+    method: str | None = None,
 ) -> Launch | None:
     """The launch that --num-processes, --accelerate-config and --timeout-minutes ask for, checked before anything
     starts; None when this process trains by itself."""
@@ -97,6 +104,15 @@ def plan_launch(
     settings = read_config(config_file)
     kind = str(settings.get("distributed_type", "")).upper()
     name = accelerate_config or "ddp"
+    sharded = kind == "FSDP" or (
+        kind == "DEEPSPEED" and (settings.get("deepspeed_config") or {}).get("zero_stage") == 3
+    )
+    if sharded and method in UNSHARDED_METHODS:
+        raise UserError(
+            f"--accelerate-config {name}: {method} samples with a model it loads outside the trainer, whole on each "
+            "GPU, which a sharded launch (FSDP, ZeRO-3) would load on the CPU. Use --accelerate-config ddp (or "
+            "--num-processes N alone)."
+        )
     if kind == "DEEPSPEED" and find_spec("deepspeed") is None:
         raise UserError(f"--accelerate-config {name} runs DeepSpeed, which is not installed: pip install deepspeed")
     import torch

@@ -74,7 +74,7 @@ def train(
     from posttrain.methods.common import run_method
     from posttrain.plan.fit import warn_if_too_big
 
-    launch = plan_launch(num_processes, accelerate_config, timeout_minutes)
+    launch = plan_launch(num_processes, accelerate_config, timeout_minutes, method)
     loaded = load_method_recipe(recipe, method, overrides, output_dir)
     quiet_libraries()
     if is_main_process():

@@ -15,11 +15,14 @@ from posttrain.plan.memory import (
     ModelShape,
     Phase,
     Precision,
+    Term,
     base_weight_bytes,
     layer_activation_bytes,
     logits_bytes_per_token,
     lora_parameters,
     optimizer_bytes_per_parameter,
+    shard,
+    sharded_linear_bytes,
 )
 from posttrain.recipe import Recipe
 
@@ -245,3 +248,63 @@ def generation(recipe: Recipe, models: Models, precision: str, cuda: bool = True
     sequences = s.batch_size * getattr(s, "samples_per_dialogue", 1)
     phase.add("KV cache", _kv_cache(shape, sequences, length, p), f"{sequences} sequences x {length} tokens")
     return phase
+
+
+# ---------------------------------------------------------------- one GPU of several
+
+
+LAYOUTS = {  # what each accelerate preset splits across the GPUs (the rest every GPU holds whole)
+    "ddp": "nothing split: the whole model, adapters and optimizer state on every GPU",
+    "zero2": "gradients and optimizer state split",
+    "zero3": "weights, adapters, gradients and optimizer state split",
+    "fsdp": "weights, adapters, gradients and optimizer state split",
+}
+OPTIMIZER_TERMS = ("gradients + optimizer", "gradients", "AdamW states", "optimizer states")
+ADAPTER_TERMS = ("LoRA weights", "reference adapter", "policy adapter", "reward adapter", "value adapter + head")
+
+
+def per_gpu(result: Estimate, recipe: Recipe, models: Models, precision: str, processes: int, layout: str) -> Estimate:
+    """The estimate for one of `processes` GPUs under an accelerate preset (LAYOUTS). Each GPU runs its own
+    micro-batch, so activations, logits and KV caches stay as they are; what is split is divided by the count.
+    DDP adds a bucket per GPU as large as the gradients (its all-reduce copies them there)."""
+    phases = []
+    for phase in result.phases:
+        trains = any(term.name in OPTIMIZER_TERMS for term in phase.terms)
+        spread = Phase(phase.name)
+        for term in phase.terms:
+            split = term.name in OPTIMIZER_TERMS and layout != "ddp"
+            split = split or (term.name.startswith(ADAPTER_TERMS) and layout in ("zero3", "fsdp"))
+            if term.name == "LM head cast" and layout in ("zero3", "fsdp"):
+                continue  # sharded QLoRA keeps the LM head in the compute dtype: nothing to cast
+            if term.name.startswith("base weights") and layout in ("zero3", "fsdp"):
+                spread.terms += _sharded_base(term.name, recipe, models, precision, processes)
+            elif split:
+                spread.add(term.name, shard(term.bytes, processes), f"1/{processes} of {term.bytes / GIB:.2f} GiB")
+            else:
+                spread.terms.append(term)
+        if layout == "ddp" and trains:
+            trainable = sum(t.bytes for t in phase.terms if t.name in ("LoRA weights", "policy adapter"))
+            trainable += sum(t.bytes for t in phase.terms if t.name == "value adapter + head")
+            spread.add("DDP gradient buckets", trainable, "a copy of the fp32 gradients for the all-reduce")
+        phases.append(spread)
+    return Estimate(phases)
+
+
+def _sharded_base(name: str, recipe: Recipe, models: Models, precision: str, processes: int) -> list[Term]:
+    """The base under FSDP or ZeRO-3: the decoder's linear weights sharded, and two layers of them whole while they
+    compute (one in use, the next prefetched); quantization constants, embeddings, norms and LM head whole on every
+    GPU, in the compute dtype (sharded QLoRA skips the fp32 cast of embeddings and norms)."""
+    m, shape = recipe.model, models.policy.shape
+    compute = 4 if precision == "fp32" else 2
+    whole = base_weight_bytes(shape, m.quantization, m.double_quant, compute, METHODS[recipe.method].score_head)
+    layer = sharded_linear_bytes(shape, m.quantization, compute)
+    sharded = shape.layers * layer
+    return [
+        Term(
+            name,
+            shard(sharded, processes) + whole - sharded,
+            f"1/{processes} of the decoder's {sharded / GIB:.2f} "
+            f"GiB of linear weights; constants, embeddings and norms whole, {compute * 8}-bit",
+        ),
+        Term("gathered layers", 2 * layer, "two decoder layers' linear weights whole: one computing, one prefetched"),
+    ]

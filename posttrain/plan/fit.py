@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from posttrain.errors import UserError
 from posttrain.methods import METHODS
-from posttrain.plan.estimate import Models, estimate, response_room, trains_checkpointed
+from posttrain.plan.estimate import LAYOUTS, Models, estimate, per_gpu, response_room, trains_checkpointed
 from posttrain.plan.memory import GIB
 from posttrain.precision import Hardware, choose_precision, detect_hardware
 from posttrain.recipe import Recipe
@@ -225,8 +225,11 @@ def resolve_auto_checkpointing(
 # ---------------------------------------------------------------- what the commands print
 
 
-def plan_lines(recipe: Recipe, gpu_name: str, memory_gib: float, hardware: Hardware) -> tuple[list[str], Verdict]:
-    """The report of `posttrain plan`: each phase's terms, the verdict, and the changes that would make it fit."""
+def plan_lines(
+    recipe: Recipe, gpu_name: str, memory_gib: float, hardware: Hardware, gpus: tuple[int, str] | None = None
+) -> tuple[list[str], Verdict]:
+    """The report of `posttrain plan`: each phase's terms, the verdict, and the changes that would make it fit.
+    gpus: (count, accelerate preset) to plan one GPU of several (posttrain.plan.estimate.per_gpu)."""
     precision = choose_precision(recipe.model.precision, hardware)
     models = Models.of(recipe)
     auto = []
@@ -234,11 +237,15 @@ def plan_lines(recipe: Recipe, gpu_name: str, memory_gib: float, hardware: Hardw
         recipe = copy.deepcopy(recipe)
         auto = resolve_auto_checkpointing(recipe, hardware, precision, memory_gib)
     result = estimate(recipe, models, precision)
+    if gpus:
+        result = per_gpu(result, recipe, models, precision, *gpus)
     shape = models.policy.shape
     lines = [
         f"plan        {recipe.method} {recipe.source} on {gpu_name} ({memory_gib:g} GiB), {precision}",
         f"model       {models.policy.base}: {shape.layers} layers, hidden {shape.hidden}, vocabulary {shape.vocab}",
     ]
+    if gpus:
+        lines.append(f"gpus        memory of each of {gpus[0]} GPUs under {gpus[1]}: {LAYOUTS[gpus[1]]}")
     lines += [line.replace("memory     ", "checkpoint ") for line in auto]
     for phase in result.phases:
         peak = " (the peak)" if phase is result.peak and len(result.phases) > 1 else ""

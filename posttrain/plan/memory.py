@@ -195,3 +195,21 @@ class Estimate:
     @property
     def total(self) -> int:
         return self.peak.total
+
+
+# ---------------------------------------------------------------- several GPUs
+
+
+def sharded_linear_bytes(shape: ModelShape, quantization: str, dense_bytes: int) -> int:
+    """One decoder layer's linear weights as FSDP shards them: the packed 4-bit values (two to a byte, whatever
+    dtype they are packed in), or the dense weights. The quantization constants are not parameters: bitsandbytes
+    keeps them on each layer, whole, on every GPU."""
+    numels = [i * o for i, o in shape.linears().values()]
+    if quantization in ("nf4", "fp4"):
+        return sum(math.ceil(n / 2) for n in numels)
+    return sum(numels) * (1 if quantization == "int8" else dense_bytes)
+
+
+def shard(size: int, processes: int) -> int:
+    """What one of `processes` GPUs holds of a sharded tensor: FSDP pads each tensor to a multiple of the count."""
+    return math.ceil(size / processes)
