@@ -1,18 +1,72 @@
 """What each Colab notebook does after the shared opening: its title and its own cells, as ("md" | "code", text).
 
-build.py adds the opening (parameters, helpers, install, login) and the Google Drive cell, and writes the files.
+build.py adds the opening (what to do first, the T4 time, parameters, helpers, Drive, install, login) and writes the
+files.
 Every training cell runs a shipped llama2-7b/*-qlora-t4 recipe; in TINY mode `--set` shrinks it to tiny-llama2.
 """
 
 from __future__ import annotations
+
+import json
+from textwrap import dedent
 
 
 def md(text: str) -> tuple[str, str]:
     return ("md", text)
 
 
-def py(text: str) -> tuple[str, str]:
+def py(text: str, **lists: list[str]) -> tuple[str, str]:
+    """A code cell; each keyword names a placeholder in `text` that becomes that list of strings, as Python."""
+    text = dedent(text)
+    for name, values in lists.items():
+        [line] = [line for line in text.splitlines() if name in line]
+        indent = " " * (len(line) - len(line.lstrip()))
+        inline = "[" + ", ".join(json.dumps(value) for value in values) + "]"
+        if len(line) - len(name) + len(inline) > 110:
+            inline = "[\n" + "".join(f"{indent}    {json.dumps(value)},\n" for value in values) + f"{indent}]"
+        text = text.replace(name, inline)
     return ("code", text)
+
+
+# ------------------------------------------------------------------------------------ sizes for one free T4 session
+# What each training cell adds by --set to its shipped recipe, so that every notebook runs in about 90 minutes on a
+# free Colab T4 by `posttrain plan`'s time estimate (notebooks/t4_time.py adds them up into each notebook's opening).
+# Checkpoints come often, so that a disconnect loses little. Prompt sets are seeded random subsets (max_rows).
+
+
+def subset(key: str, path: str, rows: int) -> str:
+    return f"{key}=[{{path: '{path}', max_rows: {rows}}}]"
+
+
+T4 = {
+    "sft": ["train.max_steps=60", "train.save_steps=20"],
+    "reward": ["train.max_steps=40", "train.save_steps=20", subset("data.eval", "Anthropic/hh-rlhf:test", 200)],
+    "rs": [subset("data.train", "Anthropic/hh-rlhf:train", 64), "rs.iterations=1"],
+    "ppo": [
+        subset("data.train", "Anthropic/hh-rlhf:train", 200),
+        "ppo.steps=10",
+        "ppo.max_new_tokens=128",
+        "ppo.save_steps=5",
+    ],
+    "dpo": [
+        "train.max_steps=25",
+        "train.save_steps=5",
+        subset("data.eval", "HuggingFaceH4/ultrafeedback_binarized:test_prefs", 100),
+    ],
+    "orpo": [
+        "train.max_steps=30",
+        "train.save_steps=10",
+        subset("data.eval", "HuggingFaceH4/ultrafeedback_binarized:test_prefs", 100),
+    ],
+    "kto": [
+        "train.max_steps=25",
+        "train.gradient_accumulation_steps=4",
+        "train.save_steps=5",
+        subset("data.eval", "trl-lib/kto-mix-14k:test", 100),
+    ],
+    "grpo": ["train.max_steps=20", "train.save_steps=5"],
+}  # gatt and distill fit as shipped
+ANSWER_QUESTIONS = ("generate", "answers to the 3 questions", 1, 3, 256)  # for t4_time: a `posttrain generate`
 
 
 PLAN_MD = md("""
@@ -30,8 +84,8 @@ def sft_run_needed(notebook: str) -> list[tuple[str, str]]:
         md(f"""
             ## The SFT run
 
-            {notebook} starts from the run folder of notebook 01, `runs/llama2-7b-sft`. In a new Colab session, copy
-            it back from Google Drive to `/content/runs` first. In TINY mode a 2-step run on tiny-llama2 stands in.
+            {notebook} starts from the run folder of notebook 01, `llama2-7b-sft`, which notebook 01 wrote to your
+            Google Drive (`MyDrive/posttrain/runs`). In TINY mode a 2-step run on tiny-llama2 stands in.
         """),
         py("""
             SFT_RUN = f"{RUNS}-sft"
@@ -56,6 +110,7 @@ def sft_run_needed(notebook: str) -> list[tuple[str, str]]:
 
 SFT = dict(
     methods=("sft",),
+    timed=[ANSWER_QUESTIONS, ("run", "llama2-7b/sft-qlora-t4", T4["sft"]), ANSWER_QUESTIONS],
     title="""
         # 1 · Supervised fine-tuning (SFT) of Llama 2 7B
 
@@ -78,11 +133,15 @@ SFT = dict(
             ## Instruction tuning
 
             The recipe `llama2-7b/sft-qlora-t4` runs one epoch over no_robots, 16 conversations per optimizer step
-            (2 per batch, 8 batches accumulated), with the loss on the assistant turns only. `--set` changes any
-            recipe key for one run; the cell below passes `MODEL`, and in TINY mode shrinks the recipe.
+            (2 per batch, 8 batches accumulated), with the loss on the assistant turns only: about 10 hours on a T4 by
+            the plan's estimate, more than a free session. `--set` changes any recipe key for one run: the cell below
+            passes `MODEL` and stops after 60 steps (960 conversations, about 70 minutes), or in TINY mode shrinks the
+            recipe. Delete the cell's `else:` branch for the full epoch (on a longer session, or over several: *Run
+            all* continues it).
         """),
         PLAN_MD,
-        py("""
+        py(
+            """
             SFT_RUN = f"{RUNS}-sft"
             SFT = [f"model.name={MODEL}"]
             if TINY:  # the same recipe shrunk to tiny-llama2 on a CPU: built-in data, short rows, 2 steps
@@ -94,18 +153,22 @@ SFT = dict(
                     "train.gradient_accumulation_steps=1",
                     "train.logging_steps=1",
                 ]
+            else:  # sized for one free T4 session: leave these out for the recipe's full run
+                SFT += T4_SETS
             sh(f"posttrain plan llama2-7b/sft-qlora-t4 --gpu t4 {sets(SFT)}")
-        """),
+        """,
+            T4_SETS=T4["sft"],
+        ),
         md("""
             ### Train
 
             You should see the data report (format, rows, a token-length histogram, and how many rows were too long
             for `data.max_length` and dropped), then the trainer's log every 10 steps (loss, learning rate), then
-            `done: run folder ...`. If Colab disconnects, rerun the cell with `--resume` added: training continues
-            from the last checkpoint (every 100 steps). A finished run is never overwritten unless you add
-            `--overwrite`.
+            `done: run folder ...`. If Colab disconnects, reconnect and *Run all*: `train` continues the run with
+            `--resume` from its last checkpoint (every 20 steps here), and keeps it once it has finished (posttrain
+            never overwrites a finished run unless given `--overwrite`).
         """),
-        py('sh(f"posttrain sft llama2-7b/sft-qlora-t4 {sets(SFT)} --output-dir {SFT_RUN}")'),
+        py('train(f"posttrain sft llama2-7b/sft-qlora-t4 {sets(SFT)}", SFT_RUN)'),
         md("""
             ### Loss curve
 
@@ -147,6 +210,12 @@ SFT = dict(
 
 REWARD_RS_PPO = dict(
     methods=("reward", "rs", "ppo"),
+    timed=[
+        ("run", "llama2-7b/reward-qlora-t4", T4["reward"]),
+        ("run", "llama2-7b/rs-qlora-t4", T4["rs"]),
+        ("run", "llama2-7b/ppo-qlora-t4", T4["ppo"]),
+        ("generate", "`eval winrate` (2 models answer, the reward run judges)", 3, 3, 256),
+    ],
     title="""
         # 2 · RLHF: a reward model, rejection sampling and PPO
 
@@ -169,10 +238,13 @@ REWARD_RS_PPO = dict(
             The reward model starts from the base model, not from the SFT run (a score head is not a language-model
             head): a LoRA adapter and a one-output score head, trained with TRL's RewardTrainer on
             `-log σ(r_chosen - r_rejected)`. What to look for: the accuracy, the share of held-out pairs (HH test)
-            whose chosen reply scores higher. Human preferences are noisy, so it stays well below 100%.
+            whose chosen reply scores higher. Human preferences are noisy, so it stays well below 100%. The recipe's
+            1000 steps of 16 pairs take about 20 hours on a T4 by the plan's estimate; here 40 steps (640 pairs) and
+            200 held-out pairs fit the session, so expect an accuracy only a little above one half.
         """),
         PLAN_MD,
-        py("""
+        py(
+            """
             REWARD_RUN = f"{RUNS}-reward"
             REWARD = [f"model.name={MODEL}"]
             if TINY:
@@ -185,9 +257,13 @@ REWARD_RS_PPO = dict(
                     "train.gradient_accumulation_steps=1",
                     "train.logging_steps=1",
                 ]
+            else:  # sized for one free T4 session: leave these out for the recipe's full run
+                REWARD += T4_SETS
             sh(f"posttrain plan llama2-7b/reward-qlora-t4 --gpu t4 {sets(REWARD)}")
-        """),
-        py('sh(f"posttrain reward llama2-7b/reward-qlora-t4 {sets(REWARD)} --output-dir {REWARD_RUN}")'),
+        """,
+            T4_SETS=T4["reward"],
+        ),
+        py('train(f"posttrain reward llama2-7b/reward-qlora-t4 {sets(REWARD)}", REWARD_RUN)'),
         py("""
             plot_metrics(metrics(REWARD_RUN)["log_history"], [["loss", "eval_loss"], ["accuracy", "eval_accuracy"]])
             accuracy = metrics(REWARD_RUN)["reward_accuracy"]
@@ -200,11 +276,12 @@ REWARD_RS_PPO = dict(
             current policy, scores them with the reward run, keeps the best answer per prompt and fine-tunes the
             policy on the kept answers (SFT). What to look for, per round: the mean score of all samples (the
             policy's level), which should rise from round to round, and of the kept ones (what it learns from).
-            The recipe samples every prompt of the HH test split (about 8.5k) in every round, a long run on one T4:
-            for a first try, take fewer prompts with a split slice, e.g. `"data.train=Anthropic/hh-rlhf:test[:500]"`
-            in `RS`, or fewer rounds with `rs.iterations`.
+            The prompts come from HH's train split, not from the test split on which the reward run measured its
+            accuracy. The recipe samples all 160k of them in each of 3 rounds, days on one T4; here one round
+            samples a seeded random 64 of them (`max_rows`), about a quarter of an hour.
         """),
-        py("""
+        py(
+            """
             RS_RUN = f"{RUNS}-rs"
             RS = [f"model.name={SFT_RUN}", f"rs.reward={REWARD_RUN}"]
             if TINY:
@@ -219,9 +296,13 @@ REWARD_RS_PPO = dict(
                     "train.max_steps=2",
                     "train.gradient_accumulation_steps=1",
                 ]
+            else:  # sized for one free T4 session: leave these out for the recipe's full run
+                RS += T4_SETS
             sh(f"posttrain plan llama2-7b/rs-qlora-t4 --gpu t4 {sets(RS)}")
-        """),
-        py('sh(f"posttrain rs llama2-7b/rs-qlora-t4 {sets(RS)} --output-dir {RS_RUN}")'),
+        """,
+            T4_SETS=T4["rs"],
+        ),
+        py('train(f"posttrain rs llama2-7b/rs-qlora-t4 {sets(RS)}", RS_RUN)'),
         md("""
             `selected/round-N.jsonl` holds, per prompt, every candidate with its score and the one kept:
         """),
@@ -242,9 +323,12 @@ REWARD_RS_PPO = dict(
             them, subtracts a per-token KL penalty to the reference, and updates policy and value with clipped
             losses. What to look for: the score rising while the KL to the reference stays small. A score that
             climbs with a fast-growing KL, or answers that shrink to nothing (the response length), is the policy
-            exploiting the reward model's blind spots rather than getting better.
+            exploiting the reward model's blind spots rather than getting better. The recipe's 200 steps of 8 prompts
+            take about 5 hours on a T4 by the plan's estimate; here 10 steps with answers of up to 128 tokens, on
+            prompts of HH's train split as for rejection sampling: enough to see the mechanics, not a better model.
         """),
-        py("""
+        py(
+            """
             PPO_RUN = f"{RUNS}-ppo"
             PPO = [f"model.name={RS_RUN}", f"ppo.reward={REWARD_RUN}"]
             if TINY:
@@ -257,9 +341,13 @@ REWARD_RS_PPO = dict(
                     "ppo.mini_batch_size=2",
                     "ppo.max_new_tokens=8",
                 ]
+            else:  # sized for one free T4 session: leave these out for the recipe's full run
+                PPO += T4_SETS
             sh(f"posttrain plan llama2-7b/ppo-qlora-t4 --gpu t4 {sets(PPO)}")
-        """),
-        py('sh(f"posttrain ppo llama2-7b/ppo-qlora-t4 {sets(PPO)} --output-dir {PPO_RUN}")'),
+        """,
+            T4_SETS=T4["ppo"],
+        ),
+        py('train(f"posttrain ppo llama2-7b/ppo-qlora-t4 {sets(PPO)}", PPO_RUN)'),
         md("""
             `samples.jsonl` holds every sampled answer with its score; here are the last step's:
         """),
@@ -310,6 +398,7 @@ REWARD_RS_PPO = dict(
 
 DPO = dict(
     methods=("dpo",),
+    timed=[ANSWER_QUESTIONS, ("run", "llama2-7b/dpo-qlora-t4", T4["dpo"]), ANSWER_QUESTIONS],
     title="""
         # 3 · DPO from the SFT run
 
@@ -331,10 +420,12 @@ DPO = dict(
             ## DPO
 
             The recipe `llama2-7b/dpo-qlora-t4` continues training the SFT run's adapter (`model.name` is the SFT run
-            folder) with β = 0.1, for 500 steps of 16 pairs.
+            folder) with β = 0.1, for 500 steps of 16 pairs, about a day on a T4; here 25 steps (400 pairs), and the
+            held-out loss on 100 test pairs.
         """),
         PLAN_MD,
-        py("""
+        py(
+            """
             DPO_RUN = f"{RUNS}-dpo"
             DPO = [f"model.name={SFT_RUN}"]
             if TINY:
@@ -347,9 +438,13 @@ DPO = dict(
                     "train.gradient_accumulation_steps=1",
                     "train.logging_steps=1",
                 ]
+            else:  # sized for one free T4 session: leave these out for the recipe's full run
+                DPO += T4_SETS
             sh(f"posttrain plan llama2-7b/dpo-qlora-t4 --gpu t4 {sets(DPO)}")
-        """),
-        py('sh(f"posttrain dpo llama2-7b/dpo-qlora-t4 {sets(DPO)} --output-dir {DPO_RUN}")'),
+        """,
+            T4_SETS=T4["dpo"],
+        ),
+        py('train(f"posttrain dpo llama2-7b/dpo-qlora-t4 {sets(DPO)}", DPO_RUN)'),
         md("""
             ### Curves
 
@@ -386,6 +481,7 @@ DPO = dict(
 
 ORPO = dict(
     methods=("orpo",),
+    timed=[ANSWER_QUESTIONS, ("run", "llama2-7b/orpo-qlora-t4", T4["orpo"]), ANSWER_QUESTIONS],
     title="""
         # 4 · ORPO from the base model
 
@@ -405,10 +501,11 @@ ORPO = dict(
             ## ORPO
 
             The recipe `llama2-7b/orpo-qlora-t4` trains a new LoRA adapter on the 4-bit base with β = 0.1, for 1000
-            steps of 16 pairs.
+            steps of 16 pairs, more than a day on a T4; here 30 steps (480 pairs) and 100 held-out test pairs.
         """),
         PLAN_MD,
-        py("""
+        py(
+            """
             ORPO_RUN = f"{RUNS}-orpo"
             ORPO = [f"model.name={MODEL}"]
             if TINY:
@@ -421,9 +518,13 @@ ORPO = dict(
                     "train.gradient_accumulation_steps=1",
                     "train.logging_steps=1",
                 ]
+            else:  # sized for one free T4 session: leave these out for the recipe's full run
+                ORPO += T4_SETS
             sh(f"posttrain plan llama2-7b/orpo-qlora-t4 --gpu t4 {sets(ORPO)}")
-        """),
-        py('sh(f"posttrain orpo llama2-7b/orpo-qlora-t4 {sets(ORPO)} --output-dir {ORPO_RUN}")'),
+        """,
+            T4_SETS=T4["orpo"],
+        ),
+        py('train(f"posttrain orpo llama2-7b/orpo-qlora-t4 {sets(ORPO)}", ORPO_RUN)'),
         md("""
             ### Curves
 
@@ -458,6 +559,12 @@ ORPO = dict(
 # ------------------------------------------------------------------------------------------------ 05 chat and merge
 
 CHAT_MERGE = dict(
+    timed=[
+        ANSWER_QUESTIONS,
+        ("load", "the chat (loading; your chat's own time comes on top)", 1),
+        ("load", "`merge` (reloading the base in 16 bits, checking, writing 13.5 GB)", 3),
+        ("load", "loading the merged model with transformers", 1),
+    ],
     title="""
         # 5 · Use the result: generate, chat, merge
 
@@ -602,6 +709,11 @@ CHAT_MERGE = dict(
 
 KTO_GRPO = dict(
     methods=("kto", "grpo"),
+    timed=[
+        ("run", "llama2-7b/kto-qlora-t4", T4["kto"]),
+        ("run", "llama2-7b/grpo-qlora-t4", T4["grpo"]),
+        ("generate", "answers of SFT, KTO and GRPO to the 3 questions", 3, 3, 256),
+    ],
     title="""
         # 6 · KTO and GRPO from the SFT run
 
@@ -625,7 +737,8 @@ KTO_GRPO = dict(
             sh(f"posttrain data inspect {KTO_DATA} --model {MODEL} --chat-template llama2 --max-length 1024")
         """),
         PLAN_MD,
-        py("""
+        py(
+            """
             KTO_RUN = f"{RUNS}-kto"
             KTO = [f"model.name={SFT_RUN}"]
             if TINY:
@@ -639,9 +752,13 @@ KTO_GRPO = dict(
                     "train.gradient_accumulation_steps=1",
                     "train.logging_steps=1",
                 ]
+            else:  # sized for one free T4 session: leave these out for the recipe's full run
+                KTO += T4_SETS
             sh(f"posttrain plan llama2-7b/kto-qlora-t4 --gpu t4 {sets(KTO)}")
-        """),
-        py('sh(f"posttrain kto llama2-7b/kto-qlora-t4 {sets(KTO)} --output-dir {KTO_RUN}")'),
+        """,
+            T4_SETS=T4["kto"],
+        ),
+        py('train(f"posttrain kto llama2-7b/kto-qlora-t4 {sets(KTO)}", KTO_RUN)'),
         md("""
             ### Curves
 
@@ -660,8 +777,8 @@ KTO_GRPO = dict(
 
             GRPO needs rewards. The recipe `llama2-7b/grpo-qlora-t4` scores each answer with the reward run of
             notebook 02 (its adapter and score head go on the policy's own 4-bit base, so no second model is
-            loaded) plus `max_words: 200`. Copy `runs/llama2-7b-reward` back from Drive first in a new session; in
-            TINY mode a 2-step reward run stands in.
+            loaded) plus `max_words: 200`. Notebook 02 wrote the reward run, `llama2-7b-reward`, to your Google
+            Drive; in TINY mode a 2-step reward run stands in.
         """),
         py("""
             REWARD_RUN = f"{RUNS}-reward"
@@ -679,7 +796,8 @@ KTO_GRPO = dict(
             elif not Path(REWARD_RUN, "adapter").is_dir():
                 raise FileNotFoundError(f"{REWARD_RUN} holds no adapter: run 02_reward_rs_ppo.ipynb first")
         """),
-        py("""
+        py(
+            """
             GRPO_RUN = f"{RUNS}-grpo"
             GRPO = [f"model.name={SFT_RUN}", f"grpo.rewards=[{{run: {REWARD_RUN}}}, {{max_words: 200, weight: 0.5}}]"]
             if TINY:
@@ -691,9 +809,13 @@ KTO_GRPO = dict(
                     "train.max_steps=2",
                     "train.gradient_accumulation_steps=1",
                 ]
+            else:  # sized for one free T4 session: leave these out for the recipe's full run
+                GRPO += T4_SETS
             sh(f"posttrain plan llama2-7b/grpo-qlora-t4 --gpu t4 {sets(GRPO)}")
-        """),
-        py('sh(f"posttrain grpo llama2-7b/grpo-qlora-t4 {sets(GRPO)} --output-dir {GRPO_RUN}")'),
+        """,
+            T4_SETS=T4["grpo"],
+        ),
+        py('train(f"posttrain grpo llama2-7b/grpo-qlora-t4 {sets(GRPO)}", GRPO_RUN)'),
         md("""
             ### Curves
 

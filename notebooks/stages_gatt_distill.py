@@ -5,10 +5,15 @@ stages.py imports this module at its end, once the cell helpers this module take
 
 from __future__ import annotations
 
-from stages import PLAN_MD, md, py, sft_run_needed
+from stages import PLAN_MD, T4, md, py, sft_run_needed
 
 GATT_DISTILL = dict(
     methods=("gatt", "distill"),
+    timed=[
+        ("generate", "`eval gatt` before and after (32 dialogues of 4 turns x 64 tokens)", 2, 32, 4 * 64),
+        ("run", "llama2-7b/gatt-qlora-t4", []),
+        ("run", "llama2-7b/distill-qlora-t4", []),
+    ],
     title="""
         # 7 · Ghost Attention and safety context distillation
 
@@ -29,11 +34,12 @@ GATT_DISTILL = dict(
 
             Both stages score sampled answers with notebook 02's reward run, `runs/llama2-7b-reward`: GAtt keeps the
             better of 2 last replies per dialogue, distillation keeps the preprompted answer where it scores higher.
-            In a new Colab session, copy it back from Google Drive first. When it is missing, the next cell trains it
-            with notebook 02's recipe on Anthropic HH, a long run (if Colab disconnects during it, add `--resume` to
-            the command and rerun the cell). In TINY mode a 2-step reward run on tiny-llama2 stands in.
+            Notebook 02 wrote it to your Google Drive; when it is missing, the next cell trains it as notebook 02
+            does, which adds about 50 minutes to this notebook. In TINY mode a 2-step reward run on tiny-llama2
+            stands in.
         """),
-        py("""
+        py(
+            """
             REWARD_RUN = f"{RUNS}-reward"
             REWARD = [f"model.name={MODEL}"]
             if TINY:
@@ -45,10 +51,13 @@ GATT_DISTILL = dict(
                     "train.max_steps=2",
                     "train.gradient_accumulation_steps=1",
                 ]
-            if not Path(REWARD_RUN, "metrics.json").is_file():  # metrics.json is written when a run has finished
-                sh(f"posttrain reward llama2-7b/reward-qlora-t4 {sets(REWARD)} --output-dir {REWARD_RUN}")
+            else:  # notebook 02's size for one free T4 session
+                REWARD += T4_SETS
+            train(f"posttrain reward llama2-7b/reward-qlora-t4 {sets(REWARD)}", REWARD_RUN)  # kept when it has finished
             show_folder(REWARD_RUN)
-        """),
+        """,
+            T4_SETS=T4["reward"],
+        ),
         md("""
             ## 1. Ghost Attention
 
@@ -108,7 +117,7 @@ GATT_DISTILL = dict(
                 ]
             sh(f"posttrain plan llama2-7b/gatt-qlora-t4 --gpu t4 {sets(GATT)}")
         """),
-        py('sh(f"posttrain gatt llama2-7b/gatt-qlora-t4 {sets(GATT)} --output-dir {GATT_RUN}")'),
+        py('train(f"posttrain gatt llama2-7b/gatt-qlora-t4 {sets(GATT)}", GATT_RUN)'),
         md("""
             ### The built dialogues
 
@@ -194,7 +203,7 @@ GATT_DISTILL = dict(
                 ]
             sh(f"posttrain plan llama2-7b/distill-qlora-t4 --gpu t4 {sets(DISTILL)}")
         """),
-        py('sh(f"posttrain distill llama2-7b/distill-qlora-t4 {sets(DISTILL)} --output-dir {DISTILL_RUN}")'),
+        py('train(f"posttrain distill llama2-7b/distill-qlora-t4 {sets(DISTILL)}", DISTILL_RUN)'),
         md("""
             ### Kept answers, per risk category
 
