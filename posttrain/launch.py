@@ -200,3 +200,22 @@ def share_batches(state, starts: list[int], work: Callable[[int], list]) -> list
         for theirs in gather_object([mine]):  # one dict per process, in every process
             mine |= theirs
     return [mine[start] for start in starts]
+
+
+def planned_gpus(method: str, num_processes: int | None, accelerate_config: str | None) -> tuple[int, str] | None:
+    """`posttrain plan --num-processes N --accelerate-config PRESET`: (N, preset) to plan one GPU of several, or
+    None for one GPU. Only the presets say how the model is split; a user's own file is planned as its preset."""
+    if num_processes is not None and num_processes < 1:
+        raise UserError(f"--num-processes must be 1 or more, got {num_processes}.")
+    preset = accelerate_config or "ddp"
+    if preset not in PRESETS:
+        close = difflib.get_close_matches(preset, list(PRESETS), n=1)
+        hint = f" Did you mean {close[0]}?" if close else ""
+        raise UserError(f"--accelerate-config: plan knows the presets {', '.join(PRESETS)}, not {preset}.{hint}")
+    if preset in ("zero3", "fsdp") and method in UNSHARDED_METHODS:
+        raise UserError(f"--accelerate-config {preset}: {method} cannot run sharded; plan it with ddp.")
+    if num_processes in (None, 1):
+        if accelerate_config:
+            raise UserError(f"--accelerate-config {preset}: say over how many GPUs with --num-processes N.")
+        return None
+    return num_processes, preset
