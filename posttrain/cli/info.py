@@ -118,21 +118,31 @@ def data_inspect(
     for feedback, the desirable/undesirable balance."""
     from posttrain.data.feedback import balance_lines, is_feedback
     from posttrain.data.lengths import LengthReport, measure, preference_length_lines
-    from posttrain.data.prepare import is_preference, load_examples
+    from posttrain.data.prepare import fit_to_length, is_preference, load_examples
+    from posttrain.data.sources import read_rows
     from posttrain.data.text_blocks import pack_documents
     from posttrain.data.tool_calls import turn_lines
+    from posttrain.errors import UserError
     from posttrain.models.loading import load_tokenizer, resolve_model
     from posttrain.recipe import default_chat_template
+    from posttrain.sections import DataSection
 
     quiet_libraries()
+    chat_template = chat_template or default_chat_template(model)
+    counted_with = f"tokens counted with {model}, {chat_template} template"
+    kind = "prompts" if data_format == "prompts" else prompt_set_kind(read_rows(file)[0].data)
+    if data_format in ("auto", "prompts") and kind:
+        tokenizer = load_tokenizer(resolve_model(model), chat_template) if kind == "prompts" else None
+        for line in prompt_lines(file, tokenizer, max_length, counted_with) if tokenizer else dialogue_lines(file):
+            typer.echo(line)
+        return
     fmt, rows, examples = load_examples(file, data_format, preference=None)
     feedback = is_feedback(rows)
     preference = is_preference(rows) and not feedback
-    chat_template = chat_template or default_chat_template(model)
     tokenizer = load_tokenizer(resolve_model(model), chat_template)
-    lengths = measure(tokenizer, rows, examples)
     kind = "rows of unpaired feedback (posttrain kto)" if feedback else "preference pairs" if preference else "rows"
-    typer.echo(f"{file}: format {fmt}, {len(rows)} {kind} (tokens counted with {model}, {chat_template} template)")
+    kind = kind.replace("rows", "row").replace("pairs", "pair") if len(rows) == 1 else kind
+    typer.echo(f"{file}: format {fmt}, {len(rows)} {kind} ({counted_with})")
     if "messages" in examples[0] and not feedback:  # SFT conversations: their turns, calls and tools
         for line in turn_lines(examples):
             typer.echo(line)
@@ -147,10 +157,80 @@ def data_inspect(
             typer.echo(f"strength labels: {', '.join(labels)}")
     if fmt == "text":  # trained as blocks (data.text_blocks), so nothing is too long
         _, blocks = pack_documents(tokenizer, [e["text"] for e in examples], max_length)
+        lengths = measure(tokenizer, rows, examples)
         for line in LengthReport(lengths, max_length, "blocks", blocks=blocks, unit="document").lines():
             typer.echo(line)
         return
-    unit = "pair" if preference else "row"
-    report = LengthReport(lengths, max_length, "drop", sum(n > max_length for n in lengths), unit=unit)
+    # What training keeps, by training's own code with the data: defaults (on_too_long and identical_pairs drop,
+    # cut_long_prompts on); no eval split is held out.
+    section = DataSection(train=file, max_length=max_length)
+    settings = "data.on_too_long: drop" + (", identical_pairs: drop, cut_long_prompts: true" if preference else "")
+    unit = "pairs" if preference else "rows"
+    try:
+        kept, _, report = fit_to_length(section, tokenizer, rows, examples, preference, "train")
+    except UserError as err:  # nothing left: training stops with this message
+        lengths = measure(tokenizer, rows, examples)
+        for line in LengthReport(lengths, max_length, "drop", unit=unit[:-1]).lines() + [f"training stops: {err}"]:
+            typer.echo(line)
+        return
     for line in report.lines():
-        typer.echo(line.replace("dropped", "would be dropped by data.on_too_long: drop"))
+        typer.echo(line)
+    typer.echo(f"training keeps {len(kept)} of {len(examples)} {unit} ({settings})")
+
+
+# Columns of a row that holds an answer: a row without any of them, whose prompt has no assistant turn, is a prompt.
+ANSWER_KEYS = frozenset({"completion", "chosen", "rejected", "output", "label", "text"})
+ANSWER_SPEAKERS = frozenset({"assistant", "gpt", "function_call", "tool", "observation"})
+
+
+def prompt_set_kind(row: dict) -> str | None:
+    """prompts (what generate, rs, ppo and grpo read), dialogues (user turns only: what gatt reads), or None."""
+    if ANSWER_KEYS & set(row):
+        return None
+    if "prompt" in row:
+        return "prompts"
+    turns = row.get("messages") or row.get("conversations")
+    if not isinstance(turns, list) or not all(isinstance(turn, dict) for turn in turns):
+        return None
+    speakers = [turn.get("role") or turn.get("from") for turn in turns]
+    if not turns or ANSWER_SPEAKERS & set(speakers):
+        return None
+    return "dialogues" if speakers.count("user") + speakers.count("human") > 1 else "prompts"
+
+
+def dialogue_lines(source: str) -> list[str]:
+    """data inspect of dialogues of user turns only, read as gatt and `eval gatt` read them."""
+    import statistics
+
+    from posttrain.data.dialogues import read_user_turns
+
+    turns = [len(dialogue) for dialogue in read_user_turns(source)]
+    return [
+        f"{source}: format dialogues (user turns only), {len(turns)} dialogues; read by gatt and eval gatt, which "
+        "write the replies",
+        f"user turns per dialogue: min {min(turns)}, median {statistics.median(turns):g}, max {max(turns)}",
+    ]
+
+
+def prompt_lines(source: str, tokenizer, max_length: int, counted_with: str) -> list[str]:
+    """data inspect of a prompt-only set: prompts read as rs, ppo, grpo and generate read them (data.prompts)."""
+    from posttrain.data.lengths import LengthReport, chat_length
+    from posttrain.data.prompts import read_prompts
+
+    prompts, too_long = read_prompts(source, tokenizer, max_length)
+    lengths = [chat_length(tokenizer, p["prompt"], add_generation_prompt=True, tools=p.get("tools")) for p in prompts]
+    tagged = sum(p["safety"] for p in prompts)
+    noun = "prompt" if len(prompts) == 1 else "prompts"
+    lines = [
+        f"{source}: format prompts, {len(prompts)} {noun} ({counted_with}); read by generate, rs, ppo, grpo, gatt "
+        "and distill",
+    ]
+    if tagged:
+        lines.append(f"{tagged} tagged safety (scored by the safety reward run of a helpfulness and safety pair)")
+    lines += LengthReport(lengths, max_length, "error", unit="prompt").lines()
+    if too_long:
+        lines.append(
+            f"{len(too_long)} of {len(prompts)} prompts longer than {max_length} tokens (first at "
+            f"{next(iter(too_long.values()))}): rs, ppo and grpo refuse them (they also keep room for the reply)"
+        )
+    return lines
