@@ -37,13 +37,16 @@ mutants: $(INSTALLED)
 
 # The GPU acceptance check (docs/benchmarks.md). It does not set up .venv, since a GPU machine may have no network:
 # point GPU_PYTHON at the Python that has torch (or VENV at its venv) and WHEELS at benchmarks/fetch_gpu_wheels.sh's
-# folder. What is below a pyproject.toml floor is installed into that Python's environment from WHEELS (--upgrade).
+# folder. What is below a pyproject.toml floor is installed from WHEELS (--upgrade) into that Python's environment, or
+# into INSTALL_INTO when set (a folder put first on sys.path, for an environment that is not writable).
 GPU_CHECK_OUTPUT ?= benchmarks/results/gpu_check
 GPU_PYTHON ?= $(VENV)/bin/python
 WHEELS ?=
+INSTALL_INTO ?=
 
 gpu-check:
-	$(GPU_PYTHON) benchmarks/gpu_check.py --output $(GPU_CHECK_OUTPUT) $(if $(WHEELS),--wheels $(WHEELS))
+	$(GPU_PYTHON) benchmarks/gpu_check.py --output $(GPU_CHECK_OUTPUT) $(if $(WHEELS),--wheels $(WHEELS)) \
+		$(if $(INSTALL_INTO),--install-into $(INSTALL_INTO))
 
 $(INSTALLED): pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh $(VENV)

@@ -17,7 +17,8 @@ stops (exit 2). It passes only when every command exits 0, no training run had m
 fp16's loss scaler or logged a loss that is not a finite number, both speed rows were measured and PPO --resume
 repeated the run. --tiny checks the script itself on a CPU: tiny-llama2 only, 2 steps, no 7B shape, no GPU figures.
 
-    python benchmarks/gpu_check.py --output DIR [--wheels DIR] [--layers 4] [--tiny] [--work DIR] [--budget-s 480]
+    python benchmarks/gpu_check.py --output DIR [--wheels DIR [--install-into DIR]] [--layers 4] [--tiny] [--work DIR]
+        [--budget-s 480]
 """
 
 from __future__ import annotations
@@ -45,15 +46,17 @@ MOST_SKIPPED = 0.10  # share of a run's optimizer steps fp16's loss scaler may s
 # ---------------------------------------------------------------- what the check needs
 
 
-def ensure_requirements(wheels: Path | None) -> dict:
+def ensure_requirements(wheels: Path | None, target: Path | None = None) -> dict:
     """The version gate (gpu_check_gate.py), then an import of each direct dependency: a library that fails at
     import (a CUDA library not found) shows up here, before any command runs."""
-    from gpu_check_gate import GateError, declared, gate
+    from functools import partial
+
+    from gpu_check_gate import GateError, declared, gate, pip_install
     from packaging.utils import canonicalize_name
 
     pyproject, started = ROOT / "pyproject.toml", time.perf_counter()
     try:
-        found = gate(pyproject, wheels) | {"problem": None, "import_errors": {}}
+        found = gate(pyproject, wheels, partial(pip_install, target=target)) | {"problem": None, "import_errors": {}}
     except GateError as err:
         return {"problem": str(err), "import_errors": {}}
     found["gate_s"] = round(time.perf_counter() - started, 1)  # the versions checked, the carried wheels installed
@@ -249,7 +252,14 @@ def speed(model: str, timed: dict, model_dir: str, runs: Path, warmup: int) -> l
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, required=True, help="folder for gpu_check.json and gpu_check.md")
-    parser.add_argument("--wheels", type=Path, help="folder of wheels to install what is missing from (no network)")
+    parser.add_argument(
+        "--wheels", type=Path, help="carried wheels: what is missing or outside pyproject.toml's versions is installed"
+    )
+    parser.add_argument(
+        "--install-into",
+        type=Path,
+        help="install the carried wheels into this folder (put first on sys.path) instead of this Python's environment",
+    )
     parser.add_argument("--layers", type=int, default=4, help="decoder layers of the 7B-shaped model (7B has 32)")
     parser.add_argument(
         "--shape-config",
@@ -264,7 +274,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the GPU machine has no network: fail at once, not on a timeout
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-    requirements = ensure_requirements(args.wheels)
+    requirements = ensure_requirements(args.wheels, args.install_into)
     requirements["checked_s"] = round(time.perf_counter() - started, 1)
     report = Report(args.output, {"machine": platform.machine(), "emulating": None, "requirements": requirements})
     if requirements["problem"] or requirements["import_errors"]:

@@ -127,9 +127,14 @@ def wheels_in(folder: Path | None) -> dict[str, list[tuple[Version, Path]]]:
     return {name: sorted(versions, reverse=True) for name, versions in found.items()}
 
 
-def pip_install(wheels: list[Path]) -> None:
-    """Install exactly these wheels over whatever version is there (no index: the GPU machine has no network)."""
+def pip_install(wheels: list[Path], target: Path | None = None) -> None:
+    """Install exactly these wheels over whatever version is there (no index: the GPU machine has no network): into
+    this Python's environment, or into `target`, which then comes first on sys.path (an environment not writable)."""
     command = [sys.executable, "-m", "pip", "install", "-q", "--upgrade", "--no-deps", "--no-index", "--no-cache-dir"]
+    if target is not None:
+        command += ["--target", str(target)]
+        if str(target) not in sys.path:
+            sys.path.insert(0, str(target))
     done = subprocess.run(command + [str(w) for w in wheels], capture_output=True, text=True)
     if done.returncode != 0:
         raise GateError(f"pip could not install {[w.name for w in wheels]}:\n{(done.stdout + done.stderr)[-2000:]}")
