@@ -212,6 +212,33 @@ def test_gate_installs_the_carried_wheel_with_upgrade_when_below_the_floor(site,
     assert found["installed_from_wheels"] == ["ptfake_lib-2.1-py3-none-any.whl"]
 
 
+def test_gate_can_install_into_a_folder_that_then_comes_first_on_sys_path(site, monkeypatch):
+    """--install-into: for a Python environment that is not writable; the old version stays where it was."""
+    import subprocess
+    from functools import partial
+
+    import gpu_check_gate
+
+    fake_site(site, "ptfake_lib", "1.5")
+    fake_site(site, "ptfake_data", "1.0")
+    wheels, target = site.parent / "wheels", site.parent / "target"
+    wheels.mkdir()
+    (wheels / "ptfake_lib-2.1-py3-none-any.whl").write_bytes(b"")
+    monkeypatch.setattr(sys, "path", list(sys.path))  # restored after the test
+
+    def pip(command, **kwargs):
+        assert command[command.index("--target") + 1] == str(target)
+        fake_site(target, "ptfake_lib", "2.1")
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(gpu_check_gate.subprocess, "run", pip)
+    install = partial(gpu_check_gate.pip_install, target=target)
+    found = gpu_check_gate.gate(site.parent / "pyproject.toml", wheels, install)
+    assert sys.path[0] == str(target)
+    assert found["versions"]["ptfake-lib"] == "2.1"
+    assert (site / "ptfake_lib-1.5.dist-info").is_dir()
+
+
 def test_gate_checks_what_a_dependency_itself_requires(site):
     """datasets is carried as a wheel installed without its dependencies: its Requires-Dist must hold too."""
     from gpu_check_gate import GateError, gate
