@@ -2,6 +2,7 @@
 answered greedily (with the tools the row offers, in the chatml template), and the reply is read back as calls.
 
     python benchmarks/tool_calls.py [--run runs/smollm2-135m-sft-tools]   # writes benchmarks/results/tool_calls.json
+    python benchmarks/tool_calls.py --sides before        # one side only (the other's figures in the file are kept)
 
 A valid call parses (`<tool_call>{json}</tool_call>` with a name and object arguments), names one of the row's
 tools, gives every argument the tool's schema requires and none it does not declare; a reply is valid when it makes
@@ -72,12 +73,15 @@ def main() -> None:
     parser.add_argument("--run", default="runs/smollm2-135m-sft-tools")
     parser.add_argument("--held-out", default="builtin:tool_calls_heldout")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--sides", nargs="+", choices=["before", "after"], default=["before", "after"])
     args = parser.parse_args()
     quiet_libraries()
     cases = held_out(args.held_out)
-    results = {"held_out": args.held_out, "max_new_tokens": args.max_new_tokens}
-    for side, name in (("before", args.base), ("after", args.run)):
+    results = json.loads(RESULTS.read_text(encoding="utf-8")) if RESULTS.exists() else {}
+    results |= {"held_out": args.held_out, "max_new_tokens": args.max_new_tokens}
+    for side in args.sides:
+        name = args.base if side == "before" else args.run
         results[side] = measure(name, cases, args.batch_size, args.max_new_tokens)
         summary = {k: v for k, v in results[side].items() if k != "replies"}
         print(side, json.dumps(summary))

@@ -188,3 +188,12 @@ def test_generate_offers_each_rows_tools_and_writes_the_calls_of_a_reply(monkeyp
     assert offered == [CANONICAL["tools"], None]
     assert called["tool_calls"] == [CALL] and called["response"] == call_text(CALL)
     assert "tool_calls" not in plain
+
+
+def test_a_tool_conversation_gives_its_prompt_with_the_tools_it_offers(tiny_model, jsonl):
+    from posttrain.data.prompts import load_prompts
+    from posttrain.models.loading import load_tokenizer
+
+    [prompt] = load_prompts(str(jsonl([OPENAI])), load_tokenizer(tiny_model, "llama2"), 4096)
+    assert prompt["prompt"] == CANONICAL["messages"][:2]
+    assert prompt["tools"] == CANONICAL["tools"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from posttrain.data.formats import ROLES, SHAREGPT_ROLES, RowError
+from posttrain.data.formats import SHAREGPT_ROLES, RowError, check_message
 from posttrain.data.mixture import read_parts, weighted_order
 from posttrain.data.preferences import PREFERENCE_FORMATS, detect_preference_format
 from posttrain.data.prepare import chat_length
@@ -136,10 +136,13 @@ def prompt_of(row: Row) -> list[dict]:
 def _messages(value, key: str) -> list[dict]:
     if not isinstance(value, list) or not value:
         raise RowError(f"expected {key!r} as text or a non-empty list of {{role, content}} messages")
+    messages = []
     for i, message in enumerate(value, start=1):
-        if not (isinstance(message, dict) and message.get("role") in ROLES and isinstance(message.get("content"), str)):
-            raise RowError(f"{key} message {i}: expected role (system/user/assistant) and content text")
-    return [{"role": m["role"], "content": m["content"]} for m in value]
+        try:  # a conversation with tool calls keeps them, so a prompt may follow earlier calls
+            messages.append(check_message(message, i))
+        except RowError:
+            raise RowError(f"{key} message {i}: expected role (system/user/assistant/tool) and content text") from None
+    return messages
 
 
 def _from_sharegpt(turn) -> dict:
