@@ -56,7 +56,7 @@ def preload() -> None:
 
 
 def run_tests(copy: Path, tests: list[str], timeout: int) -> tuple[str, float, str]:
-    """('pass' | 'fail' | 'timeout', seconds, the first failing test or the output's end), from a forked pytest."""
+    """('pass' | 'fail' | 'timeout', CPU seconds, the first failing test or the output's end), from a forked pytest."""
     log = copy.parent / "pytest.log"
     start = time.monotonic()
     pid = os.fork()
@@ -74,20 +74,20 @@ def run_tests(copy: Path, tests: list[str], timeout: int) -> tuple[str, float, s
         finally:
             os._exit(code)
     while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
+        done, status, usage = os.wait4(pid, os.WNOHANG)
         if done:
             break
         if time.monotonic() - start > timeout:
             os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            return "timeout", time.monotonic() - start, f"no result within {timeout} s"
+            _, _, usage = os.wait4(pid, 0)
+            return "timeout", usage.ru_utime + usage.ru_stime, f"no result within {timeout} s"
         time.sleep(0.2)
-    seconds = time.monotonic() - start
+    cpu = usage.ru_utime + usage.ru_stime  # of the tests and the processes they ran; wall time depends on the load
     if os.waitstatus_to_exitcode(status) == 0:
-        return "pass", seconds, ""
+        return "pass", cpu, ""
     output = log.read_text(errors="replace")
     found = re.search(r"^(FAILED|ERROR) (\S+)", output, re.MULTILINE)
-    return "fail", seconds, found.group(2) if found else output.strip()[-300:]
+    return "fail", cpu, found.group(2) if found else output.strip()[-300:]
 
 
 def apply(path: Path, old: str, new: str) -> str:
@@ -121,15 +121,16 @@ def main() -> None:
     )
     sys.dont_write_bytecode = True
     preload()
-    report = {"modules": {}, "mutants": []}
-    started = time.monotonic()
+    report = {"modules": {}, "mutants": [], "load_average_at_start": round(os.getloadavg()[0], 1)}
+    started, cpu = time.monotonic(), 0.0
     try:
         for module in chosen:
             tests = MODULES[module]
             outcome, seconds, detail = run_tests(copy, tests, args.timeout)
+            cpu += seconds
             if outcome != "pass":
                 raise SystemExit(f"{module}: its tests fail before any mutation ({detail}); fix them first")
-            print(f"== {module}: its tests pass unmutated in {seconds:.0f} s", flush=True)
+            print(f"== {module}: its tests pass unmutated ({seconds:.0f} s of CPU)", flush=True)
             counts = {"killed": 0, "survived": 0, "equivalent": 0}
             for mutant in (m for m in MUTANTS if m["module"] == module):
                 path = copy / mutant["file"]
@@ -138,27 +139,33 @@ def main() -> None:
                     outcome, seconds, detail = run_tests(copy, mutant.get("tests", tests), args.timeout)
                 finally:
                     path.write_text(original, encoding="utf-8")
+                cpu += seconds
                 status = "survived" if outcome == "pass" else "killed"
                 if status == "survived" and mutant.get("equivalent"):
                     status = "equivalent"
                 counts[status] += 1
                 report["mutants"].append(
                     {k: mutant[k] for k in ("module", "file", "name")}
-                    | {"status": status, "seconds": round(seconds, 1), "killed_by": detail if outcome != "pass" else ""}
+                    | {
+                        "status": status,
+                        "cpu_seconds": round(seconds, 1),
+                        "killed_by": detail if outcome != "pass" else "",
+                    }
                     | ({"equivalent": mutant["equivalent"]} if mutant.get("equivalent") else {})
                 )
-                print(f"   {status:10} {seconds:5.0f} s  {mutant['name']}  {detail[:100]}", flush=True)
+                print(f"   {status:10} {seconds:5.0f} s CPU  {mutant['name']}  {detail[:100]}", flush=True)
             report["modules"][module] = counts | {"tests": tests}
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    report["minutes"] = round((time.monotonic() - started) / 60, 1)
+    report["minutes"] = round((time.monotonic() - started) / 60, 1)  # wall time, which the machine's load stretches
+    report["cpu_minutes"] = round(cpu / 60, 1)
     output = REPO / args.output
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(f"\n{'module':16} killed survived equivalent")
     for module, counts in report["modules"].items():
         print(f"{module:16} {counts['killed']:6} {counts['survived']:8} {counts['equivalent']:10}")
-    print(f"{report['minutes']} minutes; report: {args.output}")
+    print(f"{report['minutes']} minutes ({report['cpu_minutes']} of CPU); report: {args.output}")
     if any(counts["survived"] for counts in report["modules"].values()):
         sys.exit(1)
 

@@ -71,15 +71,17 @@ def test_length_bias_leaves_out_pairs_of_equal_length_and_a_constant_score():
 
 
 def test_the_accuracy_report_measures_the_length_bias(reward_run, reward_pairs, in_tmp):
+    from conftest import KIND_REPLY, RUDE_REPLY
+
+    from posttrain.models.loading import load_tokenizer, resolve_model
+
     bias = report_of(evaluate("accuracy", reward_run, "--data", reward_pairs))["length_bias"]
-    assert set(bias) == {
-        "score_length_correlation",
-        "mean_length_difference",
-        "pairs_of_unequal_length",
-        "longer_preferred_by_data",
-        "longer_preferred_by_model",
-    }
-    assert bias["pairs_of_unequal_length"] > 0 and -1 <= bias["score_length_correlation"] <= 1
+    tokenizer = load_tokenizer(resolve_model(str(reward_run)), "llama2")
+    kind, rude = (len(tokenizer(reply, add_special_tokens=False)["input_ids"]) for reply in (KIND_REPLY, RUDE_REPLY))
+    assert kind > rude  # every pair: the longer, kind reply chosen (19 tokens to 16), and the run ranks all right
+    assert bias["pairs_of_unequal_length"] == 8 and bias["mean_length_difference"] == kind - rude
+    assert bias["longer_preferred_by_data"] == 1.0 and bias["longer_preferred_by_model"] == 1.0
+    assert bias["score_length_correlation"] > 0  # the longer answers are the kind ones, scored higher
 
 
 def test_the_terminal_shows_a_table_and_where_the_report_is(reward_run, reward_pairs, in_tmp):

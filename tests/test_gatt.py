@@ -184,7 +184,8 @@ def test_eval_gatt_writes_its_report_with_compliance_per_turn(tmp_path, sft_run)
         "persona",
         "format",
     }
-    assert all(0 <= value <= 1 for value in written["by_turn"])
+    for turn, value in enumerate(written["by_turn"]):  # each turn's share: the mean over the four instructions
+        assert value == pytest.approx(sum(shares[turn] for shares in written["by_instruction"].values()) / 4)
     assert "plot:" in result.output
 
 

@@ -2,8 +2,9 @@
 model), the mean reward over the last steps is clearly above that of the first steps, and the answers get shorter.
 
 As for PPO (tests/test_ppo_learning.py), tiny-llama2 cannot show this: its random network barely moves under LoRA.
-Not yet seen to pass: on a loaded 2-core machine a step took 15-230 s, and the reward rose from -1.98 (first two
-steps) to -1.41 (fifth) before the run was stopped.
+Seen to pass twice on a shared 2-core machine (OMP_NUM_THREADS=1, alone in its file): 93 s of CPU, 5.5 and 23 minutes
+of wall time as other jobs loaded the machine. The mean reward went from -1.82 over the first three steps to -1.24
+over the last three, the mean answer from 10.5 to 8.5 tokens.
 """
 
 import json
