@@ -33,6 +33,12 @@ class RewardSection:
         return None if self.margins == "none" else STRENGTH_MARGINS[self.margins]
 
 
+JUDGE = about(  # ppo.judge and rs.judge
+    "a second reward run (same pairs, another seed) that also judges the held-out check; the policy never optimises "
+    "it (null: none)"
+)
+
+
 @dataclass
 class SamplingSection:
     """What PPO and rejection sampling share: the reward run(s) and how responses are sampled."""
@@ -138,13 +144,7 @@ class PPOSection(SamplingSection):
         default=None,
         metadata=about("most KL per response (nats) a step may reach; the held-out check says if every step did"),
     )
-    judge: str | None = field(
-        default=None,
-        metadata=about(
-            "a second reward run (same pairs, another seed) that also judges the held-out check; the policy never "
-            "optimises it (null: none)"
-        ),
-    )
+    judge: str | None = field(default=None, metadata=JUDGE)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -191,13 +191,7 @@ class RSSection(SamplingSection):
         default=False,
         metadata=about("keep a prompt whose every answer was cut off (its best is then trained to stop there)"),
     )
-    judge: str | None = field(
-        default=None,
-        metadata=about(
-            "a second reward run (same pairs, another seed) that also judges the held-out check; the policy never "
-            "optimises it (null: none)"
-        ),
-    )
+    judge: str | None = field(default=None, metadata=JUDGE)
 
     def __post_init__(self) -> None:
         super().__post_init__()
