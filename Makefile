@@ -2,7 +2,7 @@
 VENV ?= .venv
 INSTALLED := $(VENV)/.posttrain-installed
 
-.PHONY: quickstart test test-fast test-min lint gpu-check mutants
+.PHONY: quickstart test test-fast test-min lint gpu-check mutants wheel
 
 quickstart: $(INSTALLED)
 	$(VENV)/bin/posttrain quickstart
@@ -47,6 +47,15 @@ INSTALL_INTO ?=
 gpu-check:
 	$(GPU_PYTHON) benchmarks/gpu_check.py --output $(GPU_CHECK_OUTPUT) $(if $(WHEELS),--wheels $(WHEELS)) \
 		$(if $(INSTALL_INTO),--install-into $(INSTALL_INTO))
+
+# A wheel of posttrain in dist/, for Colab: put it in MyDrive/posttrain on Google Drive (or upload it to /content) and
+# the notebooks' install cell installs it. pip builds it with pyproject.toml's build backend (hatchling).
+PYTHON ?= python3
+WHEEL_DIR ?= dist
+
+wheel:
+	rm -f $(WHEEL_DIR)/posttrain-*.whl
+	$(PYTHON) -m pip wheel --no-deps --wheel-dir $(WHEEL_DIR) .
 
 $(INSTALLED): pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh $(VENV)
