@@ -87,3 +87,16 @@ def test_a_sampling_method_is_refused_a_sharded_launch_before_anything_loads(mon
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     with pytest.raises(UserError, match="rs samples with a model it loads outside the trainer"):
         launch.plan_launch(2, "fsdp", method="rs")
+
+
+def test_plan_prints_the_memory_of_one_gpu_of_two_and_refuses_what_cannot_shard():
+    from typer.testing import CliRunner
+
+    from posttrain.cli import app
+
+    runner, two_fsdp = CliRunner(), ["--num-processes", "2", "--accelerate-config", "fsdp"]
+    fsdp = runner.invoke(app, ["plan", "llama2-13b/sft-qlora-2xt4", *two_fsdp])
+    assert fsdp.exit_code == 0, fsdp.output
+    assert "memory of each of 2 GPUs under fsdp" in fsdp.output and "gathered layers" in fsdp.output
+    refused = runner.invoke(app, ["plan", "llama2-7b/rs-qlora-t4", *two_fsdp])
+    assert refused.exit_code == 2 and "rs cannot run sharded; plan it with ddp" in refused.output
