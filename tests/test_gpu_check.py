@@ -1,5 +1,6 @@
 """benchmarks/gpu_check.py end to end in its CPU mode (--tiny): the plumbing of the GPU acceptance check, so the first
-task that has a GPU spends its minutes on the GPU, not on the script. No GPU figure is produced here."""
+task that has a GPU spends its minutes on the GPU, not on the script; then, on their own, what makes it pass, its
+version gate, its T4 emulation, and the plain TRL side of its speed rows. No GPU figure is produced here."""
 
 import json
 import os
@@ -73,13 +74,13 @@ def passing_report() -> dict:
 
 
 def test_passed_accepts_a_report_that_meets_every_criterion():
-    from gpu_check import passed
+    from gpu_check_report import passed
 
     assert passed(passing_report())
 
 
 def test_passed_refuses_a_run_whose_fp16_scaler_skipped_more_than_a_tenth_of_its_steps():
-    from gpu_check import failures, passed
+    from gpu_check_report import failures, passed
 
     report = passing_report()
     report["methods"][0]["fp16_skipped"] = 2  # of 10
@@ -88,7 +89,7 @@ def test_passed_refuses_a_run_whose_fp16_scaler_skipped_more_than_a_tenth_of_its
 
 
 def test_passed_refuses_a_run_that_logged_a_nan_loss():
-    from gpu_check import passed
+    from gpu_check_report import passed
 
     report = passing_report()
     report["methods"][0]["losses"] = [2.1, float("nan"), 1.7]
@@ -96,7 +97,7 @@ def test_passed_refuses_a_run_that_logged_a_nan_loss():
 
 
 def test_passed_refuses_a_check_without_both_speed_rows():
-    from gpu_check import passed
+    from gpu_check_report import passed
 
     report = passing_report()
     report["speed"] = report["speed"][:1]
@@ -145,6 +146,37 @@ def test_plain_trl_sft_runs_with_posttrains_settings_but_for_the_listed_fields(t
     ours = sft.build_trainer(stage).to_dict()
     plain = plain_trl_config("sft", stage.run.path, tmp_path / "plain").to_dict()
     assert ours["padding_free"] and ours["assistant_only_loss"]  # the settings the comparison is about
+    assert {key for key in ours if ours[key] != plain.get(key)} - set(DIFFERS) == set()
+
+
+def test_plain_trl_dpo_runs_with_posttrains_settings_but_for_the_listed_fields(tmp_path, monkeypatch):
+    import yaml
+    from gpu_check_runs import small_recipe, write_data
+    from gpu_check_speed import DIFFERS, plain_trl_config
+
+    from posttrain.methods import dpo
+    from posttrain.methods.common import start_run
+    from posttrain.recipe import load_recipe
+
+    class Built(Exception):
+        """Raised with posttrain's DPOConfig instead of building the trainer."""
+
+    def built(cls, config, stage, **extra):
+        raise Built(config)
+
+    data = write_data(tmp_path / "data")
+    recipe = small_recipe("dpo", "tiny-llama2", tmp_path, data["pairs"], "base", steps=2, gpu=False)
+    for key in ("activation_checkpointing", "report_to", "logging_steps", "save_strategy"):
+        del recipe["train"][key]
+    (tmp_path / "dpo.yaml").write_text(yaml.safe_dump(recipe))
+    stage = dpo.prepare(load_recipe(str(tmp_path / "dpo.yaml")), echo=lambda _: None)
+    start_run(stage, resume=False, overwrite=True)
+    stage.run.release()
+    monkeypatch.setattr(dpo, "trl_trainer", built)
+    with pytest.raises(Built) as config:
+        dpo.train(stage, resume=False)
+    ours = config.value.args[0].to_dict()
+    plain = plain_trl_config("dpo", stage.run.path, tmp_path / "plain").to_dict()
     assert {key for key in ours if ours[key] != plain.get(key)} - set(DIFFERS) == set()
 
 
