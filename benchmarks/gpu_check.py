@@ -1,7 +1,8 @@
 """One-command GPU acceptance check (issue #13): every posttrain command on one GPU, as on a T4, in about 9 minutes.
 
-On the GPU it emulates a T4: fp16 everywhere (even where bf16 exists) and PyTorch's memory capped at a T4's usable
-14.5 GiB (set in this process, where every command runs through the CLI). It runs
+On the GPU it emulates a T4 in this process, where every command runs through the CLI: compute capability 7.5, so
+posttrain's automatic precision is fp16 for every command (generate and eval included); no flash SDPA; PyTorch's
+memory capped at a T4's usable 14.5 GiB, which posttrain's plan also uses (POSTTRAIN_GPU_MEMORY_GIB). It runs
   - every training method the CLI lists (sft, reward, dpo, orpo, rs, ppo, and any added later) for a few steps, on
     tiny-llama2 (4-bit) and on a Llama-2-7B-shaped model with random weights and --layers decoder layers (the
     shipped llama2-7b/*-qlora-t4 recipes, as benchmarks/plan_vs_measured.py runs them), each with its peak
