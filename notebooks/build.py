@@ -1,9 +1,10 @@
 """Write the Colab notebooks of this folder: `python notebooks/build.py`.
 
-The notebooks are generated so that the cells they share (parameters, helpers, install, login) stay identical, and
-so that a change reads as Python in review instead of notebook JSON. Edit the cells here (the stages live in
-stages.py), then rerun this script; tests/test_notebooks.py checks that the committed notebooks are exactly what it
-writes, saved without outputs, and runs each of them with TINY = True.
+The notebooks are generated so that the cells they share (parameters, helpers, Drive, install, login) stay
+identical, and so that a change reads as Python in review instead of notebook JSON. Edit the cells here, in
+opening.py (what to do first, Drive, install, login) and in stages.py (each notebook's own cells and its T4 sizes),
+then rerun this script: it also prints each notebook's T4 time for README.md. tests/test_notebooks.py checks that
+the committed notebooks are exactly what it writes, saved without outputs, and runs each of them with TINY = True.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from textwrap import dedent
 
 import nbformat
+from opening import BEFORE_YOU_RUN, DRIVE, DRIVE_MD, INSTALL, INSTALL_MD, LOGIN, LOGIN_MD
 
 HERE = Path(__file__).resolve().parent
 
@@ -31,28 +33,6 @@ def colab_link(name: str) -> str:
     """The Open-in-Colab address of a notebook of this folder, on the repository's main branch."""
     github = repository().removeprefix("https://github.com/")
     return f"https://colab.research.google.com/github/{github}/blob/main/notebooks/{name}"
-
-
-BEFORE_YOU_RUN = """\
-## Before you run it
-
-1. **GPU**: *Runtime → Change runtime type → T4 GPU*.
-2. **posttrain**: on your computer, in a clone of the repository, `make wheel` writes
-   `dist/posttrain-VERSION-py3-none-any.whl`. Put that file in a folder `posttrain` of your Google Drive (or drag it
-   into Colab's file panel, `/content`): the install cell finds it. Or set `POSTTRAIN_GIT` in the install cell to a
-   git URL to install from. Once posttrain is on PyPI, skip this step: the cell installs it from there.
-3. **Hugging Face token**: `meta-llama/Llama-2-7b-hf` is gated. Accept Meta's licence on its page on
-   huggingface.co, then add a Colab secret named `HF_TOKEN` (the key icon in the left bar) holding a token that can
-   read it, with access for this notebook. Without the secret, the login cell waits until you paste a token. To
-   skip both, set `MODEL` to the ungated copy `NousResearch/Llama-2-7b-hf` in the login cell.
-4. ***Runtime → Run all.*** The Drive cell asks for access to your Google Drive: the run folders are written there
-   (`MyDrive/posttrain/runs`), so a disconnect loses nothing. After one, reconnect and *Run all* again: a finished
-   run is kept and an interrupted one continues from its last checkpoint (`--resume`).
-
-Every training command is a shipped `llama2-7b/*-qlora-t4` recipe, sized down by `--set` to fit one free session
-(drop those `--set`s for the full run: `posttrain plan` prints its time too). Setting `TINY = True` in the next cell
-runs the same notebook with `tiny-llama2`, a random 2-layer Llama, for a few steps on a CPU: that is how the test
-suite checks it. Its replies are noise."""
 
 
 # --------------------------------------------------------------------------------------------- cells every notebook has
@@ -164,96 +144,6 @@ Path("questions.jsonl").write_text("".join(json.dumps({"prompt": q}) + "\\n" for
 GENERATE = f"--prompts questions.jsonl --max-new-tokens {24 if TINY else 256}"  # for generate and eval winrate
 '''
 
-DRIVE_MD = """\
-## Google Drive first
-
-Colab's own disk is wiped when the session ends or disconnects. With `KEEP_ON_DRIVE` (the default), the run folders
-go to `MyDrive/posttrain/runs` on your Google Drive: the next notebooks find them there, and after a disconnect
-*Run all* continues an interrupted run from its last checkpoint. The cell asks once for access to your Drive. A 7B
-run folder takes a few hundred MB: the adapter, and at most two checkpoints of adapter and optimizer."""
-
-DRIVE = """
-KEEP_ON_DRIVE = True  # False: run folders on Colab's disk, lost when the session ends
-RUNS_DIR = Path("runs")
-if KEEP_ON_DRIVE and IN_COLAB and not TINY:
-    from google.colab import drive
-
-    drive.mount("/content/drive")
-    RUNS_DIR = Path("/content/drive/MyDrive/posttrain/runs")
-    RUNS_DIR.mkdir(parents=True, exist_ok=True)
-print(f"run folders go to {RUNS_DIR.resolve()}")
-"""
-
-INSTALL_MD = """\
-## Install
-
-Colab already has a CUDA build of PyTorch; pip keeps it and installs posttrain with the Hugging Face stack
-(transformers, TRL, PEFT, bitsandbytes, datasets, accelerate). The cell installs the newest `posttrain-*.whl` it
-finds in `/content`, `MyDrive` or `MyDrive/posttrain` (see *Before you run it*), else `POSTTRAIN_GIT` when you set
-it, else posttrain from PyPI. `posttrain env` then shows the GPU and the precision posttrain will use: fp16 on a
-T4, which has no bf16."""
-
-INSTALL = """
-POSTTRAIN_GIT = ""  # or a git URL to install from, e.g. "git+{repository}"
-DRIVE_FOLDER = Path("/content/drive/MyDrive")
-WHEEL_FOLDERS = [Path.cwd(), Path("/content"), DRIVE_FOLDER, DRIVE_FOLDER / "posttrain"]  # where a wheel is looked for
-if not TINY:
-    wheels = [wheel for folder in WHEEL_FOLDERS for wheel in folder.glob("posttrain-*.whl")]
-    if wheels:
-        source = shlex.quote(f"{{max(wheels, key=os.path.getmtime)}}{extra}")  # the newest one
-    elif POSTTRAIN_GIT:
-        source = shlex.quote(f"posttrain{extra} @ {{POSTTRAIN_GIT}}")
-    else:
-        print("no posttrain-*.whl found and POSTTRAIN_GIT not set: installing posttrain from PyPI")
-        source = shlex.quote("posttrain{extra}")
-    sh(f"{{sys.executable}} -m pip install --quiet {{source}}")
-sh("posttrain env")
-"""
-
-LOGIN_MD = """\
-## Model and Hugging Face login
-
-`meta-llama/Llama-2-7b-hf` is gated. The cell takes the token from the Colab secret `HF_TOKEN`, else from an
-earlier login, else it asks for one and waits until you paste it: *Run all* stops there. It then checks that the
-token can read the model, so that a licence not yet accepted stops the notebook here rather than in a run. To skip
-the login, set `MODEL` to the ungated copy `NousResearch/Llama-2-7b-hf` (the same weights); any other
-Llama-architecture model works too. `RUNS` is where the run folders go (on Drive, see above)."""
-
-LOGIN = """
-MODEL = "meta-llama/Llama-2-7b-hf"  # ungated alternative: "NousResearch/Llama-2-7b-hf"
-RUNS = f"{RUNS_DIR}/llama2-7b"  # run folders: llama2-7b-sft, llama2-7b-reward, ...
-
-
-def hugging_face_token() -> str:
-    \"\"\"The Colab secret HF_TOKEN, else a token saved by an earlier login, else one typed in (the prompt waits).\"\"\"
-    import huggingface_hub
-
-    token = None
-    if IN_COLAB:
-        from google.colab import userdata
-
-        try:
-            token = userdata.get("HF_TOKEN")  # Colab asks once whether this notebook may read the secret
-        except (userdata.SecretNotFoundError, userdata.NotebookAccessError):
-            print("no Colab secret HF_TOKEN that this notebook may read")
-    token = token or huggingface_hub.get_token()
-    if not token:
-        from getpass import getpass
-
-        token = getpass("Hugging Face token (read access, from huggingface.co/settings/tokens): ").strip()
-        huggingface_hub.login(token=token)  # checks the token and saves it for this session
-    return token
-
-
-if TINY:
-    MODEL, RUNS = "tiny-llama2", "runs/tiny"
-elif MODEL.startswith("meta-llama/"):
-    os.environ["HF_TOKEN"] = hugging_face_token()  # the posttrain commands run in processes of their own
-    from huggingface_hub import HfApi
-
-    HfApi().auth_check(MODEL)  # raises GatedRepoError, saying why, when the token cannot read the model
-"""
-
 # ------------------------------------------------------------------------------------------------------------ writing
 
 
@@ -285,6 +175,7 @@ def notebook(
     timed: list[tuple],
     extra: str = "",
     methods: tuple[str, ...] = (),
+    needs: str = "",
 ) -> nbformat.NotebookNode:
     """The shared opening (title, Open-in-Colab link, the commands it runs, its T4 time, what to do first,
     parameters, helpers, Drive, install, login), then the stage's own cells."""
@@ -293,7 +184,8 @@ def notebook(
     title = dedent(title).strip()
     heading, _, text = title.partition("\n")
     badge = f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({colab_link(name)})"
-    parts = (heading, badge, text.strip(), commands_of(methods), time_paragraph(timed), BEFORE_YOU_RUN)
+    first = f"**Run first**: {needs}. This notebook finds their run folders on your Google Drive." if needs else ""
+    parts = (heading, badge, text.strip(), commands_of(methods), time_paragraph(timed), first, BEFORE_YOU_RUN)
     book_cells = [
         markdown("\n\n".join(part for part in parts if part)),
         code(PARAMETERS, tags=["parameters"]),
@@ -330,9 +222,14 @@ def build_all() -> dict[str, str]:
 
 
 def main() -> None:
+    from t4_time import notebook_times
+
     for name, text in build_all().items():
         (HERE / name).write_text(text, encoding="utf-8")
         print(f"wrote notebooks/{name}")
+    print("estimated T4 time (README.md's table):")
+    for name, time in notebook_times().items():
+        print(f"  {name:<24} about {time}")
 
 
 if __name__ == "__main__":

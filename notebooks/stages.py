@@ -209,6 +209,7 @@ SFT = dict(
 # -------------------------------------------------------------------------------------------- 02 reward, RS and PPO
 
 REWARD_RS_PPO = dict(
+    needs="notebook 01 (rejection sampling starts from its SFT run)",
     methods=("reward", "rs", "ppo"),
     timed=[
         ("run", "llama2-7b/reward-qlora-t4", T4["reward"]),
@@ -397,6 +398,7 @@ REWARD_RS_PPO = dict(
 # ------------------------------------------------------------------------------------------------------------ 03 DPO
 
 DPO = dict(
+    needs="notebook 01 (DPO starts from its SFT run)",
     methods=("dpo",),
     timed=[ANSWER_QUESTIONS, ("run", "llama2-7b/dpo-qlora-t4", T4["dpo"]), ANSWER_QUESTIONS],
     title="""
@@ -559,6 +561,7 @@ ORPO = dict(
 # ------------------------------------------------------------------------------------------------ 05 chat and merge
 
 CHAT_MERGE = dict(
+    needs="notebook 01 (this notebook uses its SFT run; set `RUN` for a run of another notebook)",
     timed=[
         ANSWER_QUESTIONS,
         ("load", "the chat (loading; your chat's own time comes on top)", 1),
@@ -708,6 +711,7 @@ CHAT_MERGE = dict(
 # ------------------------------------------------------------------------------------------------------ 06 KTO, GRPO
 
 KTO_GRPO = dict(
+    needs="notebooks 01 (both stages start from its SFT run) and 02 (its reward run scores GRPO's answers)",
     methods=("kto", "grpo"),
     timed=[
         ("run", "llama2-7b/kto-qlora-t4", T4["kto"]),

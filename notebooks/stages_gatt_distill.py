@@ -8,6 +8,10 @@ from __future__ import annotations
 from stages import PLAN_MD, T4, md, py, sft_run_needed
 
 GATT_DISTILL = dict(
+    needs=(
+        "notebook 01 (both stages start from its SFT run) and notebook 02 (its reward run scores their answers; "
+        "without it, this notebook trains one, about 50 minutes more)"
+    ),
     methods=("gatt", "distill"),
     timed=[
         ("generate", "`eval gatt` before and after (32 dialogues of 4 turns x 64 tokens)", 2, 32, 4 * 64),

@@ -48,3 +48,10 @@ def time_paragraph(timed: list[tuple]) -> str:
         "measurement: no GPU has run this notebook yet. Each training run is timed as `posttrain plan` times it, "
         f"from the tokens it trains, scores and generates, over {ASSUMPTION}; the download is assumed at 75 MB/s."
     )
+
+
+def notebook_times() -> dict[str, str]:
+    """{notebook: its estimated T4 time}, as README.md's table of notebooks gives it."""
+    from stages import NOTEBOOKS
+
+    return {name: duration(notebook_seconds(parts["timed"])[0]) for name, parts in NOTEBOOKS.items()}

@@ -3,6 +3,7 @@ folders behind, and the committed files are exactly what notebooks/build.py writ
 
 import importlib.util
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -48,15 +49,68 @@ def test_committed_notebook_has_no_outputs_and_opens_with_the_tiny_switch(name):
     assert code[0].source.startswith("TINY = False  #") and "parameters" in code[0].metadata.tags
 
 
-def test_committed_notebooks_are_what_build_py_writes(monkeypatch):
-    monkeypatch.syspath_prepend(str(NOTEBOOKS))  # build.py imports stages.py from beside it
+def load_build(monkeypatch):
+    """notebooks/build.py as a module (it imports opening.py, stages.py and t4_time.py from beside it)."""
+    monkeypatch.syspath_prepend(str(NOTEBOOKS))
     spec = importlib.util.spec_from_file_location("notebooks_build", NOTEBOOKS / "build.py")
     build = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(build)
-    built = build.build_all()
+    return build
+
+
+def test_committed_notebooks_are_what_build_py_writes(monkeypatch):
+    built = load_build(monkeypatch).build_all()
     assert sorted(built) == sorted(PRODUCES)
     stale = [name for name, text in built.items() if (NOTEBOOKS / name).read_text(encoding="utf-8") != text]
     assert stale == [], "edit notebooks/stages.py or build.py, then run: python notebooks/build.py"
+
+
+def test_each_notebook_opens_with_its_colab_link_its_t4_time_and_what_to_do(monkeypatch):
+    build = load_build(monkeypatch)
+    from t4_time import notebook_times
+
+    for name, time in notebook_times().items():
+        opening = read(name).cells[0].source
+        assert f"]({build.colab_link(name)})" in opening
+        assert f"Estimated time on a free Colab T4: about {time}**" in opening and "not a measurement" in opening
+        assert "## Before you run it" in opening and "make wheel" in opening and "HF_TOKEN" in opening
+
+
+def test_readme_links_each_notebook_and_gives_its_t4_time(monkeypatch):
+    build = load_build(monkeypatch)
+    from t4_time import notebook_times
+
+    readme = (NOTEBOOKS.parent / "README.md").read_text(encoding="utf-8")
+    for name, time in notebook_times().items():
+        [row] = [line for line in readme.splitlines() if line.startswith(f"| [`{name}`]")]
+        assert f"]({build.colab_link(name)})" in row and f"| about {time}" in row, (name, time)
+
+
+def install_commands(folder: Path, git_url: str = "") -> list[str]:
+    """The commands notebook 01's install cell runs (TINY = False) in `folder`, with POSTTRAIN_GIT set to `git_url`."""
+    [install] = [cell.source for cell in read("01_sft.ipynb").cells if "POSTTRAIN_GIT = " in cell.source]
+    install = install.replace('POSTTRAIN_GIT = ""', f"POSTTRAIN_GIT = {git_url!r}")
+    commands = []
+    namespace = {"TINY": False, "Path": Path, "os": os, "shlex": shlex, "sys": sys, "sh": commands.append}
+    cwd = Path.cwd()
+    try:
+        os.chdir(folder)
+        exec(install, namespace)
+    finally:
+        os.chdir(cwd)
+    return commands
+
+
+def test_install_cell_takes_the_newest_wheel_then_the_git_url_then_pypi(tmp_path):
+    pip = f"{sys.executable} -m pip install --quiet"
+    assert install_commands(tmp_path) == [f"{pip} posttrain", "posttrain env"]
+    git = "git+https://example.org/posttrain"
+    assert install_commands(tmp_path, git)[0] == f"{pip} 'posttrain @ {git}'"
+    older, newer = tmp_path / "posttrain-0.1.0-py3-none-any.whl", tmp_path / "posttrain-0.2.0-py3-none-any.whl"
+    newer.touch()
+    older.touch()
+    os.utime(newer, (2e9, 2e9))
+    assert install_commands(tmp_path, git)[0] == f"{pip} {newer}"
 
 
 @pytest.mark.slow  # each notebook runs end to end (20-40 s)
