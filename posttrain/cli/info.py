@@ -53,7 +53,8 @@ def plan(
         typer.Option(help="How N GPUs split the run: ddp (default), zero2, zero3, fsdp.", metavar="PRESET"),
     ] = None,
 ):
-    """Predicted peak GPU memory of a recipe, term by term, whether it fits, and what to change to fit.
+    """Predicted peak GPU memory of a recipe, term by term, whether it fits, and what to change to fit; and about
+    how long it runs on a T4, estimated from assumed speeds (not measured).
 
     Reads only the model's config (shipped for the Llama 2 7B and 13B sizes, so it works offline).
     """
