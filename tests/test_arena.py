@@ -90,6 +90,17 @@ def test_an_undefeated_model_gets_a_finite_score_and_the_board_says_it_is_unboun
     assert all(math.isfinite(row["score"]) for row in board["models"]) and board["models"][0]["model"] == "p"
 
 
+def test_the_interval_is_as_wide_as_the_normal_approximation_of_a_95_percent_interval():
+    board = leaderboard([("p", "q", "a")] * 600 + [("p", "q", "b")] * 400, resamples=1000, seed=0)
+    rows = by_model(board)
+    # p won 60% of 1000 games: the Elo difference is 400 log10(0.6 / 0.4), each score half of it from 1000, and
+    # the standard error of each score (the delta method on the win share) is sqrt(0.24 / 1000) * 400 / ln 10 / 0.24 / 2
+    assert rows["p"]["score"] == pytest.approx(1000 + 200 * math.log10(1.5), abs=0.05)
+    standard_error = math.sqrt(0.24 / 1000) * 400 / math.log(10) / 0.24 / 2
+    low, high = rows["p"]["ci95"]
+    assert high - low == pytest.approx(2 * 1.96 * standard_error, rel=0.1)  # 22.5 here; a 50% interval is 7.5
+
+
 def test_the_bootstrap_is_seeded():
     battles = simulated({"x": 1050.0, "y": 1000.0}, games=200)
     assert leaderboard(battles, resamples=100, seed=4) == leaderboard(battles, resamples=100, seed=4)

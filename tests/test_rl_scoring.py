@@ -1,6 +1,8 @@
 """PPO and rejection sampling read a reward run's score where RewardTrainer trained it: the same conversation
 scores the same through `posttrain eval accuracy`'s path and through the RL path, for each chat template; and a
-response cut off at max_new_tokens never gets the reward run's score of an unfinished text."""
+response cut off at max_new_tokens never gets the reward run's score of an unfinished text. Without a model: each
+sampled row of a batch (prompts and replies of different lengths) is scored on exactly the tokens RewardTrainer saw
+for its conversation, at its last token, with positions counted from its first real token."""
 
 from dataclasses import replace
 
