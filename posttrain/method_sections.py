@@ -41,16 +41,18 @@ JUDGE = about(  # ppo.judge and rs.judge
 
 @dataclass
 class SamplingSection:
-    """What PPO and rejection sampling share: the reward run(s) and how responses are sampled."""
+    """What ppo, rs, gatt and distill share: the reward run and how responses are sampled and cut-off ones scored."""
+
+    # Keys of other methods' sections that this one's run would never read: refused, naming where they act.
+    USED_ELSEWHERE: ClassVar[dict[str, str]] = {}
 
     reward: str | dict[str, str] = field(
         default="", metadata=about("reward run folder, or {helpfulness: RUN, safety: RUN} (Llama 2's rule)")
     )
     max_new_tokens: int = field(default=64, metadata=about("longest response sampled"))
     temperature: float = field(default=1.0, metadata=about("sampling temperature"))
-    top_k: int = field(default=0, metadata=about("sample from the k likeliest tokens (0: all; rs only, ppo needs 0)"))
-    top_p: float = field(default=1.0, metadata=about("nucleus sampling mass (rs only, ppo needs 1.0)"))
-    safety_threshold: float = field(default=0.15, metadata=about("Llama 2: use the safety score below this"))
+    top_k: int = field(default=0, metadata=about("sample from the k likeliest tokens (0: all; ppo needs 0)"))
+    top_p: float = field(default=1.0, metadata=about("nucleus sampling mass (ppo needs 1.0)"))
     truncated: Literal["fixed_score", "append_eos"] = field(
         default="fixed_score",
         metadata=about(
@@ -61,11 +63,21 @@ class SamplingSection:
     truncated_score: float = field(
         default=-10.0, metadata=about("score of a cut-off response (truncated: fixed_score); below any real one")
     )
-    missing_eos_penalty: float = field(
-        default=1.0, metadata=about("subtracted from the score of a response with no EOS, however it was scored")
-    )
     seed: int = field(
         default=42, metadata=about("seed of sampling and prompt order (rs: and of its fine-tuning, unless train.seed)")
+    )
+
+    def reward_runs(self) -> list[str]:
+        return list(self.reward.values()) if isinstance(self.reward, dict) else [self.reward]
+
+
+@dataclass
+class RLSection(SamplingSection):
+    """What PPO and rejection sampling add: Llama 2's two reward runs, the missing-EOS penalty, the held-out check."""
+
+    safety_threshold: float = field(default=0.15, metadata=about("Llama 2: use the safety score below this"))
+    missing_eos_penalty: float = field(
+        default=1.0, metadata=about("subtracted from the score of a response with no EOS, however it was scored")
     )
     eval_prompts: str | None = field(
         default="builtin:pirate_heldout",
@@ -89,12 +101,17 @@ class SamplingSection:
         if self.temperature <= 0:
             raise UserError(f"{section}.temperature must be above 0 (responses are sampled), got {self.temperature}.")
 
-    def reward_runs(self) -> list[str]:
-        return list(self.reward.values()) if isinstance(self.reward, dict) else [self.reward]
+
+# The keys of ppo: and rs: that gatt and distill runs never read (one reward run, no held-out check of their own).
+RL_ONLY = {
+    "safety_threshold": "ppo and rs (Llama 2's rule for a helpfulness and a safety reward run; this method takes one)",
+    "eval_prompts": "ppo and rs (their held-out check after training; check a gatt run with `posttrain eval gatt`, "
+    "a distill run with `posttrain eval safety`)",
+}
 
 
 @dataclass
-class PPOSection(SamplingSection):
+class PPOSection(RLSection):
     SECTION: ClassVar[str] = "ppo"
 
     steps: int = field(default=20, metadata=about("PPO iterations (rollout batch + optimisation)"))
@@ -181,7 +198,7 @@ class PPOSection(SamplingSection):
 
 
 @dataclass
-class RSSection(SamplingSection):
+class RSSection(RLSection):
     SECTION: ClassVar[str] = "rs"
 
     iterations: int = field(default=2, metadata=about("rounds of sample -> keep the best -> fine-tune"))
@@ -254,6 +271,7 @@ def _check_reward(entry, key: str) -> None:
 @dataclass
 class GAttSection(SamplingSection):
     SECTION: ClassVar[str] = "gatt"
+    USED_ELSEWHERE: ClassVar[dict[str, str]] = RL_ONLY
 
     reward: str = field(
         default="",
@@ -270,6 +288,9 @@ class GAttSection(SamplingSection):
         default_factory=list, metadata=about("the recipe's own instructions (default: the built-in families)")
     )
     batch_size: int = field(default=8, metadata=about("dialogues sampled together"))
+    missing_eos_penalty: float = field(
+        default=1.0, metadata=about("with samples_per_dialogue > 1: subtracted from a cut-off reply's score")
+    )
     keep_cut_off: bool = field(
         default=False, metadata=about("keep a reply cut off at max_new_tokens (SFT then teaches stopping there)")
     )
@@ -292,6 +313,9 @@ class GAttSection(SamplingSection):
 @dataclass
 class DistillSection(SamplingSection):
     SECTION: ClassVar[str] = "distill"
+    USED_ELSEWHERE: ClassVar[dict[str, str]] = RL_ONLY | {
+        "missing_eos_penalty": "ppo, rs and gatt (distill keeps an answer by its score alone)"
+    }
 
     reward: str = field(default="", metadata=about("safety reward run: scores both answers without the preprompt"))
     keep: Literal["higher", "all"] = field(

@@ -181,6 +181,10 @@ def build_recipe(data: dict[str, Any], expected_method: str | None = None, sourc
 def build_section(cls: type, values: dict[str, Any], section: str) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in set(values) & set(getattr(cls, "USED_ELSEWHERE", {})):
+        raise UserError(
+            f"recipe key {section}.{key} does nothing in a {section} run: it is a key of {cls.USED_ELSEWHERE[key]}."
+        )
     _reject_unknown(values, set(fields), f"{section}.")
     checked = {key: check_value(value, hints[key], f"{section}.{key}") for key, value in values.items()}
     return cls(**checked)

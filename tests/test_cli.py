@@ -164,3 +164,53 @@ def test_bf16_on_a_cpu_without_it(write_recipe, monkeypatch):
 
     monkeypatch.setattr(common, "detect_hardware", lambda: Hardware("cpu", "CPU"))
     assert_user_error(invoke("sft", write_recipe(model={"precision": "bf16"})), "has no native bf16")
+
+
+@pytest.mark.parametrize(
+    ("method", "key", "used_by"),
+    [
+        ("gatt", "eval_prompts=builtin:pirate_heldout", "ppo and rs"),
+        ("gatt", "safety_threshold=0.2", "ppo and rs"),
+        ("distill", "eval_prompts=builtin:pirate_heldout", "ppo and rs"),
+        ("distill", "missing_eos_penalty=2", "ppo, rs and gatt"),
+    ],
+)
+def test_a_key_the_method_does_not_use_is_refused_naming_its_method(method, key, used_by):
+    result = invoke(method, f"smollm2-135m/{method}", "--dry-run", "--set", f"{method}.{key}")
+    name = key.partition("=")[0]
+    assert_user_error(result, f"{method}.{name} does nothing in a {method} run: it is a key of {used_by}")
+
+
+def test_recipes_keys_shows_posttrains_own_train_defaults():
+    result = invoke("recipes", "--keys")
+    assert result.exit_code == 0, result.output
+    assert "lr_scheduler_type cosine" in result.output and "save_steps 50, save_total_limit 2" in result.output
+    assert (
+        "  sft      learning_rate 2e-4" in result.output
+        and "  rs       learning_rate 2e-4, assistant_only_loss True" in result.output
+    )
+    gatt_keys = result.output.split("\ngatt:")[1].split("\n\n")[0]
+    assert "top_p" in gatt_keys and "eval_prompts" not in gatt_keys and "safety_threshold" not in gatt_keys
+
+
+def test_plan_exits_1_when_the_run_does_not_fit_and_0_when_it_does():
+    assert invoke("plan", "llama2-7b/sft-qlora-t4", "--gpu", "t4").exit_code == 0
+    assert invoke("plan", "llama2-7b/sft-qlora-t4", "--memory-gb", "6").exit_code == 1
+
+
+def test_plan_advises_a_combination_that_fits_when_no_change_alone_is_enough():
+    too_big = ["--set", "train.per_device_train_batch_size=8", "--set", "train.activation_checkpointing=false"]
+    result = invoke("plan", "llama2-7b/sft-qlora-t4", *too_big, "--set", "data.max_length=4096")
+    assert result.exit_code == 1, result.output
+    assert (
+        "train.per_device_train_batch_size=1 --set train.gradient_accumulation_steps=" in result.output
+    )  # micro-batch 1
+    together = result.output.split("to fit, together: ")[1].split("   ->")[0].split()
+    assert "(not enough alone)" in result.output
+    assert invoke("plan", "llama2-7b/sft-qlora-t4", *too_big, "--set", "data.max_length=4096", *together).exit_code == 0
+
+
+def test_plan_knows_the_v100():
+    result = invoke("plan", "llama2-7b/sft-qlora-t4", "--gpu", "v100")
+    assert result.exit_code == 0, result.output
+    assert "fits on NVIDIA V100 16GB" in result.output

@@ -33,7 +33,30 @@ def recipes(
             typer.echo(f"\n{section}:{only}")
             for key, default, text in field_help(cls):
                 typer.echo(f"  {key:<19} {default!s:<12} {text}")
-        typer.echo("\ntrain:\n  any field of the method's TRL config (SFTConfig, DPOConfig, ...)")
+        typer.echo("\ntrain: (any field of the method's TRL config: SFTConfig, DPOConfig, ...)")
+        for line in train_default_lines():
+            typer.echo(line)
+
+
+def train_default_lines() -> list[str]:
+    """The `train:` values posttrain sets when a recipe does not: those of every TRL-trained method, then each
+    method's own (read from the method modules, so importing them brings torch)."""
+    from posttrain.methods.trl_backed import COMMON_TRAIN_DEFAULTS
+
+    def shown(value) -> str:  # learning rates as recipes write them (2e-4)
+        return f"{value:.0e}".replace("e-0", "e-") if isinstance(value, float) and 0 < value < 1e-3 else str(value)
+
+    def listed(values: dict) -> str:
+        return ", ".join(f"{key} {shown(value)}" for key, value in values.items())
+
+    lines = [f"  posttrain's defaults (the recipe's values win): {listed(COMMON_TRAIN_DEFAULTS)}; and per method:"]
+    for method in METHODS.values():
+        if method.train_config is None:
+            lines.append(f"  {method.name:<8} no train: section (its settings are in {method.name}:)")
+            continue
+        own = {k: v for k, v in method.module.TRAIN_DEFAULTS.items() if COMMON_TRAIN_DEFAULTS.get(k) != v}
+        lines.append(f"  {method.name:<8} {listed(own)}")
+    return lines
 
 
 @info_app.command()
@@ -56,7 +79,8 @@ def plan(
     """Predicted peak GPU memory of a recipe, term by term, whether it fits, and what to change to fit; and about
     how long it runs on a T4, estimated from assumed speeds (not measured).
 
-    Reads only the model's config (shipped for the Llama 2 7B and 13B sizes, so it works offline).
+    Reads only the model's config (shipped for the Llama 2 7B and 13B sizes, so it works offline). Exit status 1
+    when the run is predicted not to fit.
     """
     from posttrain.errors import UserError
     from posttrain.launch import planned_gpus
@@ -76,10 +100,12 @@ def plan(
     else:
         raise UserError(f"--gpu {gpu}: unknown GPU; choose one of {', '.join(GPUS)}, or give --memory-gb N.")
     gpus = planned_gpus(loaded.method, num_processes, accelerate_config)
-    lines, _ = plan_lines(loaded, name, total, hardware, gpus)
+    lines, found = plan_lines(loaded, name, total, hardware, gpus)
     lines[2:2] = time_lines(loaded, Models.of(loaded).policy.shape)  # after plan and model; of a T4 whatever --gpu
     for line in lines:
         typer.echo(line)
+    if not found.fits:
+        raise typer.Exit(code=1)  # so that a script can test it: `posttrain plan RECIPE --gpu t4 && ...`
 
 
 @info_app.command()

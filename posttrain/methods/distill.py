@@ -22,11 +22,13 @@ from posttrain.data.safety_preprompts import BY_CATEGORY, GENERIC
 from posttrain.data.sources import read_rows
 from posttrain.errors import UserError
 from posttrain.methods.common import Stage
-from posttrain.methods.sft import TRAIN_DEFAULTS
+from posttrain.methods.sft import TRAIN_DEFAULTS as SFT_TRAIN_DEFAULTS
 from posttrain.recipe import Recipe
 from posttrain.rl.context_distillation import Sampler, build_once, fine_tune, prepare_generation_stage
 
 BUILT = "distill/selected.jsonl"
+
+TRAIN_DEFAULTS = SFT_TRAIN_DEFAULTS | {"assistant_only_loss": True}  # SFT on the kept answers, loss on the replies
 
 
 def risk_category(row: dict) -> str | None:
@@ -146,7 +148,7 @@ def distill_metrics(records: list[dict], seconds: float) -> dict:
 
 def prepare(recipe: Recipe, echo: Callable[[str], None] = print) -> Stage:
     stage, rewards = prepare_generation_stage(recipe, BUILT)
-    recipe.train = TRAIN_DEFAULTS | {"assistant_only_loss": True} | recipe.train
+    recipe.train = TRAIN_DEFAULTS | recipe.train
     prompts, dropped = read_safety_prompts(recipe, stage.tokenizer)
     if dropped:
         echo(f"data        {dropped} prompts too long with their preprompt: dropped (data.on_too_long: drop)")

@@ -22,11 +22,13 @@ from posttrain.data.dialogues import chain, multi_turn, read_user_turns
 from posttrain.data.gatt_instructions import pick_instruction
 from posttrain.data.prepare import chat_length
 from posttrain.methods.common import Stage
-from posttrain.methods.sft import TRAIN_DEFAULTS
+from posttrain.methods.sft import TRAIN_DEFAULTS as SFT_TRAIN_DEFAULTS
 from posttrain.recipe import Recipe
 from posttrain.rl.context_distillation import Sampler, build_once, fine_tune, prepare_generation_stage
 
 BUILT = "gatt/dialogues.jsonl"
+
+TRAIN_DEFAULTS = SFT_TRAIN_DEFAULTS | {"assistant_only_loss": True}  # SFT on the built dialogues, loss on the replies
 
 
 # ---------------------------------------------------------------- one dialogue's messages
@@ -191,7 +193,7 @@ def build_metrics(records: list[dict], seconds: float) -> dict:
 
 def prepare(recipe: Recipe, echo: Callable[[str], None] = print) -> Stage:
     stage, rewards = prepare_generation_stage(recipe, BUILT)
-    recipe.train = TRAIN_DEFAULTS | {"assistant_only_loss": True} | recipe.train
+    recipe.train = TRAIN_DEFAULTS | recipe.train
     s = recipe.gatt
     dialogues, counts = plan_dialogues(recipe, stage.tokenizer)
     if not dialogues:

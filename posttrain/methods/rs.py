@@ -30,6 +30,8 @@ from posttrain.runs import RunFolder, write_jsonl
 # Round folders are this method's checkpoints: --resume continues the latest one.
 ROUND_PATTERN = "round-*"
 
+TRAIN_DEFAULTS = sft.TRAIN_DEFAULTS | {"assistant_only_loss": True}  # each round: SFT on the kept answers
+
 
 def select_best(
     prompts: list[dict], candidates: list[list[dict]], missing_eos_penalty: float, keep_cut_off: bool = False
@@ -128,7 +130,7 @@ def prepare(recipe: Recipe, echo: Callable[[str], None] = print) -> Stage:
     s = recipe.rs
     stage = prepare_rl_stage(recipe, prompt_room=s.max_new_tokens, echo=echo)
     # rs.seed seeds the fine-tuning too (its data order), unless the recipe gives train.seed
-    recipe.train = sft.TRAIN_DEFAULTS | {"assistant_only_loss": True, "seed": s.seed} | recipe.train
+    recipe.train = TRAIN_DEFAULTS | {"seed": s.seed} | recipe.train
     stage.run = RunFolder(stage.run.path, checkpoint_pattern=ROUND_PATTERN, markers=())  # any round is resumable
     stage.details.append(
         f"rs          {s.iterations} rounds: {s.samples_per_prompt} samples per prompt (max_new_tokens "

@@ -30,6 +30,8 @@ class GPU:
 
 GPUS = {
     "t4": GPU("NVIDIA T4", 15.0, (7, 5)),
+    "v100": GPU("NVIDIA V100 16GB", 15.8, (7, 0)),
+    "v100-32gb": GPU("NVIDIA V100 32GB", 31.7, (7, 0)),
     "l4": GPU("NVIDIA L4", 22.5, (8, 9)),
     "a10g": GPU("NVIDIA A10G", 22.5, (8, 6)),
     "a100-40gb": GPU("NVIDIA A100 40GB", 40.0, (8, 0)),
@@ -119,11 +121,20 @@ def _training_changes(recipe: Recipe) -> list[tuple[str, Callable[[Recipe], None
     train, changes = recipe.train, []
     if not trains_checkpointed(train):
         changes.append(("train.activation_checkpointing=true", lambda r: r.train.update(activation_checkpointing=True)))
-    batch = train.get("per_device_train_batch_size", 4)
+    batch, accumulation = train.get("per_device_train_batch_size", 4), train.get("gradient_accumulation_steps", 1)
     if batch > 1:
-        accumulation = train.get("gradient_accumulation_steps", 1) * 2
-        text = f"train.per_device_train_batch_size={batch // 2} train.gradient_accumulation_steps={accumulation}"
+        text = f"train.per_device_train_batch_size={batch // 2} train.gradient_accumulation_steps={accumulation * 2}"
         changes.append((text, _halve_batch))
+    if batch > 2:  # micro-batch 1, the same rows per optimizer step
+        text = f"train.per_device_train_batch_size=1 train.gradient_accumulation_steps={accumulation * batch}"
+        changes.append(
+            (
+                text,
+                lambda r: r.train.update(
+                    per_device_train_batch_size=1, gradient_accumulation_steps=accumulation * batch
+                ),
+            )
+        )
     if "8bit" not in train.get("optim", "adamw_torch_fused"):
         changes.append(("train.optim=paged_adamw_8bit", lambda r: r.train.update(optim="paged_adamw_8bit")))
     return changes
@@ -164,6 +175,35 @@ def suggestions(recipe: Recipe, models: Models, precision: str, usable: int) -> 
         after = estimate(changed, models, precision).total
         found.append((f"data.max_length={length}", before - after, after))
     return sorted(found, key=lambda item: -item[1])
+
+
+def combination(recipe: Recipe, models: Models, precision: str, usable: int) -> tuple[list[str], int] | None:
+    """(--set changes, new peak) that together bring the peak within usable memory less the wanted headroom: the
+    change that saves most, then again on the changed recipe, and data.max_length last (the LoRA rank is left as it
+    is); None if none does."""
+    budget = int(usable * (1 - WANTED_HEADROOM))
+    changed, chosen = copy.deepcopy(recipe), {}
+    peak = estimate(changed, models, precision).total
+    while peak > budget:
+        options = []
+        for text, change in _changes(changed, models):
+            if text.startswith("lora."):  # a smaller adapter learns less: offered alone, never folded in
+                continue
+            trial = copy.deepcopy(changed)
+            change(trial)
+            options.append((estimate(trial, models, precision).total, text, trial))
+        options = [option for option in options if option[0] < peak]
+        if not options:
+            break
+        peak, text, changed = min(options, key=lambda option: option[0])
+        chosen |= dict(setting.split("=", 1) for setting in text.split())  # a later value of a key wins
+    if peak > budget:
+        length = _longest_fitting_length(changed, models, precision, budget)
+        if length is None:
+            return None
+        changed.data.max_length, chosen["data.max_length"] = length, str(length)
+        peak = estimate(changed, models, precision).total
+    return [f"{key}={value}" for key, value in chosen.items()], peak
 
 
 # ---------------------------------------------------------------- activation checkpointing: auto
@@ -255,12 +295,26 @@ def plan_lines(
     found = verdict(result.total, memory_gib)
     lines.append(f"verdict     {found.line(gpu_name)}")
     if found.headroom < WANTED_HEADROOM * found.usable:
-        advice = suggestions(recipe, models, precision, found.usable)
-        lines += ["to fit, largest saving first (each alone):"] + [
-            f"  --set {text.replace(' ', ' --set ')}   saves {saving / GIB:.2f} GiB -> {after / GIB:.2f} GiB"
-            for text, saving, after in advice
-        ]
+        lines += advice_lines(recipe, models, precision, found, gpu_name)
     return lines, found
+
+
+def advice_lines(recipe: Recipe, models: Models, precision: str, found: Verdict, gpu_name: str) -> list[str]:
+    """What would make a run that is over (or tight on) a GPU fit: a combination, then each change alone."""
+    budget = found.usable * (1 - WANTED_HEADROOM)
+    together = combination(recipe, models, precision, found.usable)
+    if together is None:
+        lines = [f"to fit: no combination of these changes fits {gpu_name}; plan a larger GPU (--gpu) or model"]
+    else:
+        settings, peak = together
+        lines = [f"to fit, together: --set {' --set '.join(settings)}   -> {peak / GIB:.2f} GiB"]
+    lines.append("each change alone, largest saving first:")
+    for text, saving, after in suggestions(recipe, models, precision, found.usable):
+        alone = "fits alone" if after <= budget else "not enough alone"
+        lines.append(
+            f"  --set {text.replace(' ', ' --set ')}   saves {saving / GIB:.2f} GiB -> {after / GIB:.2f} GiB ({alone})"
+        )
+    return lines
 
 
 def warn_if_too_big(recipe: Recipe, echo: Callable[[str], None], memory_gib: float | None = None) -> None:
