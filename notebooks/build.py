@@ -71,14 +71,16 @@ def sets(settings: list[str]) -> str:
 
 def train(command: str, run: str) -> None:
     """Run a training command into the run folder `run`. Run again (after a disconnect, or with Run all), it keeps
-    a finished run, continues an interrupted one from its last checkpoint (--resume), and starts over one that
-    stopped before its first checkpoint."""
+    a finished run, continues an interrupted one from its last checkpoint or from the data it built (--resume),
+    and starts over one that stopped before either."""
     if Path(run, "metrics.json").is_file():  # written last: the run has finished
         print(f"{run} has finished: kept (delete the folder to train it again)")
         return
     started = Path(run, "recipe.yaml").is_file()
     checkpoints = [path for path in Path(run, "checkpoints").glob("*") if path.is_dir()]
-    again = ("--resume" if checkpoints else "--overwrite") if started else ""
+    built = [Path(run, "gatt", "dialogues.jsonl"), Path(run, "distill", "selected.jsonl")]  # gatt's, distill's
+    progress = checkpoints or any(path.is_file() for path in built)
+    again = ("--resume" if progress else "--overwrite") if started else ""
     sh(f"{command} --output-dir {run} {again}".rstrip())
 
 

@@ -96,8 +96,8 @@ def hugging_face_token() -> str:
 
         try:
             token = userdata.get("HF_TOKEN")  # Colab asks once whether this notebook may read the secret
-        except (userdata.SecretNotFoundError, userdata.NotebookAccessError):
-            print("no Colab secret HF_TOKEN that this notebook may read")
+        except Exception as error:  # no such secret, access refused, or the dialog left unanswered
+            print(f"no Colab secret HF_TOKEN that this notebook may read ({type(error).__name__})")
     token = token or huggingface_hub.get_token()
     if not token:
         from getpass import getpass

@@ -113,6 +113,38 @@ def test_install_cell_takes_the_newest_wheel_then_the_git_url_then_pypi(tmp_path
     assert install_commands(tmp_path, git)[0] == f"{pip} {newer}"
 
 
+def train_commands(run: Path, *files: str) -> list[str]:
+    """What the notebooks' `train` helper runs for a run folder that holds `files`."""
+    for name in files:
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_text("{}")
+    [helpers] = [cell.source for cell in read("01_sft.ipynb").cells if "def train(" in cell.source]
+    namespace = {"TINY": True}
+    cwd = Path.cwd()
+    try:
+        os.chdir(run.parent)  # the helpers write questions.jsonl
+        exec(helpers, namespace)
+    finally:
+        os.chdir(cwd)
+    commands = []
+    namespace["sh"] = commands.append
+    namespace["train"]("posttrain sft r.yaml", str(run))
+    return commands
+
+
+def test_train_helper_starts_continues_or_keeps_a_run_as_its_folder_says(tmp_path):
+    def command(name: str, again: str = "") -> list[str]:
+        return [f"posttrain sft r.yaml --output-dir {tmp_path / name}{again}"]
+
+    assert train_commands(tmp_path / "new") == command("new")
+    assert train_commands(tmp_path / "a", "recipe.yaml") == command("a", " --overwrite")
+    resumed = train_commands(tmp_path / "b", "recipe.yaml", "checkpoints/checkpoint-20/adapter_model.safetensors")
+    assert resumed == command("b", " --resume")
+    built = train_commands(tmp_path / "c", "recipe.yaml", "gatt/dialogues.jsonl")  # gatt's sampling is progress
+    assert built == command("c", " --resume")
+    assert train_commands(tmp_path / "d", "recipe.yaml", "metrics.json") == []  # finished: kept
+
+
 @pytest.mark.slow  # each notebook runs end to end (20-40 s)
 @pytest.mark.parametrize("name", sorted(PRODUCES))
 def test_notebook_runs_in_tiny_mode(name, tmp_path, monkeypatch):
