@@ -214,3 +214,17 @@ def test_plan_knows_the_v100():
     result = invoke("plan", "llama2-7b/sft-qlora-t4", "--gpu", "v100")
     assert result.exit_code == 0, result.output
     assert "fits on NVIDIA V100 16GB" in result.output
+
+
+def test_version_prints_posttrains_version():
+    from importlib.metadata import version
+
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.output.strip() == f"posttrain {version('posttrain')}"
+
+
+def test_bitsandbytes_kernels_notice_is_silenced_on_import():
+    # bitsandbytes logs it on import on a CPU with AVX512-bf16 when `kernels` is missing (this test's machine)
+    code = "from posttrain.cli.support import silence_kernels_notice; silence_kernels_notice(); import bitsandbytes"
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "gemm_4bit_forward" not in found.stderr + found.stdout

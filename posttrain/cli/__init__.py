@@ -14,10 +14,13 @@ with a checkpoint to resume from; 1 an unexpected failure.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from posttrain.cli.evaluate import eval_app
 from posttrain.cli.info import info_app
+from posttrain.cli.support import silence_kernels_notice
 from posttrain.cli.train import train_app
 from posttrain.cli.use import use_app
 
@@ -27,6 +30,26 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+
+
+def show_version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import version
+
+        typer.echo(f"posttrain {version('posttrain')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="Print posttrain's version and exit.", callback=show_version, is_eager=True),
+    ] = False,
+) -> None:
+    silence_kernels_notice()  # before any command imports bitsandbytes
+
+
 # The groups' commands sit at the top level, listed in this order.
 for group in (train_app, info_app, use_app):
     app.add_typer(group)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -32,9 +33,28 @@ def reports_user_errors(command):
     return wrapper
 
 
+# bitsandbytes logs this when it is imported on a CPU with AVX512-bf16 and the optional `kernels` package is missing.
+# The kernel serves the repacked 4-bit layout of CPU inference, which posttrain switches off (models/loading.py,
+# keep_4bit_layout_on_cpu), so on a CPU the line is noise on every command.
+KERNELS_NOTICE = ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward")
+
+
+def without_kernels_notice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(KERNELS_NOTICE[1])
+
+
+def silence_kernels_notice() -> None:
+    """Drop bitsandbytes' `kernels` notice (its logger exists from here on, so this works before the import)."""
+    logger = logging.getLogger(KERNELS_NOTICE[0])
+    if without_kernels_notice not in logger.filters:
+        logger.addFilter(without_kernels_notice)
+
+
 def quiet_libraries() -> None:
     """Keep the libraries' own chatter (progress bars of data mapping, advisory warnings) off the terminal."""
     import warnings
+
+    silence_kernels_notice()
 
     import datasets
     import transformers
