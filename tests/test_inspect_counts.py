@@ -44,8 +44,15 @@ def test_inspect_keeps_what_training_keeps_and_reports_identical_pairs(jsonl):
     path = jsonl(rows)
     output = inspect(path, "--max-length", "64")
     assert "3 kept by cutting the prompt from the left" in output
-    assert "1 pairs with chosen identical to rejected: dropped" in output
+    assert "1 pair with chosen identical to rejected: dropped" in output
     kept = int(re.search(r"training keeps (\d+) of 6 pairs", output).group(1))
     tokenizer = load_tokenizer(resolve_model("tiny-llama2"), "llama2")
     trained = prepare_data(DataSection(train=str(path), max_length=64), tokenizer, preference=True).train
     assert kept == len(trained) == 4
+
+
+def test_one_row_is_one_row(jsonl):
+    output = inspect(
+        jsonl([{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Arr!"}]}])
+    )
+    assert "format messages, 1 row (" in output and "1 rows" not in output

@@ -96,7 +96,7 @@ def test_identical_pairs_are_dropped_with_a_count_or_refused(tiny_model, jsonl):
     path = str(jsonl([EXPECTED, EXPECTED, EXPECTED | {"rejected": GOOD}]))
     data = prepare_data(DataSection(train=path), tokenizer, preference=True)
     assert len(data.train) == 2 and data.report.identical == 1
-    assert "1 pairs with chosen identical to rejected: dropped" in data.report.lines()
+    assert "1 pair with chosen identical to rejected: dropped" in data.report.lines()
     with pytest.raises(UserError, match=r"1 of 3 train pairs have chosen identical to rejected .*line 3"):
         prepare_data(DataSection(train=path, identical_pairs="error"), tokenizer, preference=True)
 

@@ -46,7 +46,8 @@ class LengthReport:
             over = f"{self.too_long} of {len(lengths)} {unit}s longer than {self.max_length} tokens{even}"
             lines.append(f"{over}: {verb}")
         if self.identical:
-            lines.append(f"{self.identical} pairs with chosen identical to rejected: dropped")
+            pairs = "1 pair" if self.identical == 1 else f"{self.identical} pairs"
+            lines.append(f"{pairs} with chosen identical to rejected: dropped")
         return lines
 
 

@@ -67,7 +67,7 @@ def source_lines(parts: list[Part], label: str = "train") -> list[str]:
     lines = [f"{label} sources:"]
     for part in parts:
         s = part.source
-        what = f"{len(part.rows)} rows"
+        what = f"{len(part.rows)} row{'s' * (len(part.rows) != 1)}"
         if part.read > len(part.rows):
             what += f" (max_rows {s.max_rows} of {part.read})"
         if part.weighted is not None:

@@ -152,6 +152,8 @@ def describe_data(data: PreparedData) -> list[str]:
 
 def padding_line(data: PreparedData, batch_size: int, padding_free: bool) -> str:
     """The share of batch tokens that would be padding, said before training (metrics.json has the measured one)."""
+    if batch_size == 1:
+        return "batches     one row per micro-batch: no padding"
     if padding_free:
         return f"batches     padding-free: the {batch_size} rows of a batch laid end to end, 0% padding"
     share = padded_fraction(data.train_lengths, batch_size)
