@@ -55,4 +55,4 @@ def test_one_row_is_one_row(jsonl):
     output = inspect(
         jsonl([{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Arr!"}]}])
     )
-    assert "format messages, 1 row (" in output and "1 rows" not in output
+    assert "format messages, 1 row (" in output and ", 1 rows" not in output
