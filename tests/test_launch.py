@@ -229,3 +229,49 @@ def test_a_file_that_is_not_an_accelerate_config_is_refused(tmp_path, write_reci
     assert result.exit_code == 2, result.output
     assert "is not an accelerate config" in result.output
     assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------- sharing sampling by batches
+
+
+class BatchOrderSampler:
+    """Stands in for gatt's Sampler: replies drawn from the seed and the prompt, scored by length; `share` runs the
+    batches in the order a process would meet them (every other one, one process after the other)."""
+
+    def __init__(self, as_processes: int):
+        self.as_processes = as_processes
+
+    def sample(self, prompts, k, seed):
+        import random
+        from types import SimpleNamespace
+
+        import torch
+
+        rng = random.Random(f"{seed}{prompts}")
+        replies = [f"reply {rng.randrange(10**6)}" + "!" * rng.randrange(4) for _ in range(len(prompts) * k)]
+        return SimpleNamespace(responses=replies, has_eos=torch.tensor([len(r) % 3 > 0 for r in replies]))
+
+    def score(self, samples, trained):
+        return [float(len(reply)) for reply in samples.responses]
+
+    def share(self, starts, work):
+        done = {start: work(start) for rank in range(self.as_processes) for start in starts[rank :: self.as_processes]}
+        return [done[start] for start in starts]
+
+
+def test_gatt_builds_the_same_dialogues_whichever_process_samples_which_batch():
+    from types import SimpleNamespace
+
+    from posttrain.methods.gatt import build_dialogues
+
+    settings = SimpleNamespace(
+        batch_size=2, seed=7, samples_per_dialogue=3, reward="run", instruction_in="system", keep_cut_off=False
+    )
+    settings.missing_eos_penalty = 1.0
+    dialogues = [
+        {"turns": [f"q{i}.{t}" for t in range(2 + i % 3)], "instruction": "Speak as a pirate.", "families": "x"}
+        for i in range(7)
+    ]
+    alone = build_dialogues(BatchOrderSampler(1), dialogues, settings)
+    assert build_dialogues(BatchOrderSampler(2), dialogues, settings) == alone
+    assert build_dialogues(BatchOrderSampler(3), dialogues, settings) == alone
