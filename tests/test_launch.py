@@ -1,5 +1,6 @@
 """More than one process: `--num-processes` and `--accelerate-config` relaunch a training command under accelerate.
-Two CPU processes train SFT and DPO on tiny-llama2 and leave one run folder; bad launch options exit 2 first."""
+Two CPU processes train SFT, DPO, PPO and rs on tiny-llama2 and leave one run folder; rs's sampling is shared, so a
+short --timeout-minutes holds; bad launch options exit 2 first."""
 
 import json
 import math
