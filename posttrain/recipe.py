@@ -181,7 +181,9 @@ def build_recipe(data: dict[str, Any], expected_method: str | None = None, sourc
 def build_section(cls: type, values: dict[str, Any], section: str) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in set(values) & set(getattr(cls, "USED_ELSEWHERE", {})):
+    elsewhere = sorted(set(values) & set(getattr(cls, "USED_ELSEWHERE", {})))  # keys of other methods' sections
+    if elsewhere:
+        key = elsewhere[0]
         raise UserError(
             f"recipe key {section}.{key} does nothing in a {section} run: it is a key of {cls.USED_ELSEWHERE[key]}."
         )
