@@ -198,7 +198,7 @@ def test_plan_exits_1_when_the_run_does_not_fit_and_0_when_it_does():
     assert invoke("plan", "llama2-7b/sft-qlora-t4", "--memory-gb", "6").exit_code == 1
 
 
-def test_plan_advises_a_combination_that_fits_when_no_change_alone_is_enough():
+def test_plan_advises_changes_that_fit_together_before_cutting_max_length():
     too_big = ["--set", "train.per_device_train_batch_size=8", "--set", "train.activation_checkpointing=false"]
     result = invoke("plan", "llama2-7b/sft-qlora-t4", *too_big, "--set", "data.max_length=4096")
     assert result.exit_code == 1, result.output
@@ -206,7 +206,15 @@ def test_plan_advises_a_combination_that_fits_when_no_change_alone_is_enough():
         "train.per_device_train_batch_size=1 --set train.gradient_accumulation_steps=" in result.output
     )  # micro-batch 1
     together = result.output.split("to fit, together: ")[1].split("   ->")[0].split()
-    assert "(not enough alone)" in result.output
+    # micro-batch 1 and checkpointing: neither is enough alone, both together fit without cutting data.max_length
+    assert "train.per_device_train_batch_size=1" in together and "train.activation_checkpointing=true" in together
+    assert "--set train.activation_checkpointing=true   saves" in result.output
+    assert (
+        result.output.split("--set train.activation_checkpointing=true   saves")[1]
+        .splitlines()[0]
+        .endswith("(not enough alone)")
+    )
+    assert not any(setting.startswith("data.max_length") for setting in together)
     assert invoke("plan", "llama2-7b/sft-qlora-t4", *too_big, "--set", "data.max_length=4096", *together).exit_code == 0
 
 
