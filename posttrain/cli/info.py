@@ -138,11 +138,12 @@ def data_inspect(
         str | None,
         typer.Option(help="llama2 | chatml | model | path.jinja [default: what a recipe for --model picks]"),
     ] = None,
-    data_format: Annotated[str, typer.Option("--format", help="auto, or a format name.")] = "auto",
+    data_format: Annotated[str, typer.Option("--format", help="auto, prompts, or a format name.")] = "auto",
     max_length: Annotated[int, typer.Option(help="Length limit to report against.")] = 1024,
 ):
-    """Detected format (SFT, preference or unpaired feedback), row count and token-length histogram of a data file;
-    for feedback, the desirable/undesirable balance."""
+    """Detected format (SFT, preference, unpaired feedback, prompts or user-only dialogues), row count and
+    token-length histogram of a data file, and how many rows training keeps (counted as training counts them, with
+    the data: defaults); for feedback, the desirable/undesirable balance."""
     from posttrain.data.feedback import balance_lines, is_feedback
     from posttrain.data.lengths import LengthReport, measure, preference_length_lines
     from posttrain.data.prepare import fit_to_length, is_preference, load_examples
