@@ -556,6 +556,13 @@ MUTANTS = [
     m(
         "checkpoints",
         PPO_TRAINER,
+        "PPO checkpoint keeps the KL coefficient in float32 (a rel=1e-4 comparison lets it pass)",
+        '                "kl_beta": self.kl_beta,\n',
+        '                "kl_beta": torch.tensor(self.kl_beta).item(),\n',
+    ),
+    m(
+        "checkpoints",
+        PPO_TRAINER,
         "PPO resume without the optimiser state",
         '        self.optimizer.load_state_dict(state["optimizer"])\n',
         "",
