@@ -43,9 +43,20 @@ def judge(case: dict, text: str) -> dict:
     return {"reply": text, "calls": calls, "valid": valid, "exact": calls == case["expected"]}
 
 
-def measure(model_name: str, cases: list[dict], batch_size: int, max_new_tokens: int) -> dict:
+def load(model_name: str, base: str):
+    """A model or run as posttrain loads it (nf4, chatml), or `base` with the adapter of a run's checkpoint folder
+    (a run stopped before its last step)."""
+    if (Path(model_name) / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        model, tokenizer = load_run_model(base, quantization="nf4", chat_template="chatml")
+        return PeftModel.from_pretrained(model, model_name).eval(), tokenizer
+    return load_run_model(model_name, quantization="nf4", chat_template="chatml")
+
+
+def measure(model_name: str, base: str, cases: list[dict], batch_size: int, max_new_tokens: int) -> dict:
     start = time.perf_counter()
-    model, tokenizer = load_run_model(model_name, quantization="nf4", chat_template="chatml")
+    model, tokenizer = load(model_name, base)
     settings = GenerationSettings(max_new_tokens=max_new_tokens)
     judged = []
     for i in range(0, len(cases), batch_size):
@@ -70,7 +81,7 @@ def measure(model_name: str, cases: list[dict], batch_size: int, max_new_tokens:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default="smollm2-135m")
-    parser.add_argument("--run", default="runs/smollm2-135m-sft-tools")
+    parser.add_argument("--run", default="runs/smollm2-135m-sft-tools", help="a run, or a checkpoint folder of one")
     parser.add_argument("--held-out", default="builtin:tool_calls_heldout")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -82,7 +93,7 @@ def main() -> None:
     results |= {"held_out": args.held_out, "max_new_tokens": args.max_new_tokens}
     for side in args.sides:
         name = args.base if side == "before" else args.run
-        results[side] = measure(name, cases, args.batch_size, args.max_new_tokens)
+        results[side] = measure(name, args.base, cases, args.batch_size, args.max_new_tokens)
         summary = {k: v for k, v in results[side].items() if k != "replies"}
         print(side, json.dumps(summary))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
