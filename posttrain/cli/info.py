@@ -41,7 +41,7 @@ def recipes(
 def train_default_lines() -> list[str]:
     """The `train:` values posttrain sets when a recipe does not: those of every TRL-trained method, then each
     method's own (read from the method modules, so importing them brings torch)."""
-    from posttrain.methods.trl_backed import COMMON_TRAIN_DEFAULTS
+    from posttrain.methods.train_defaults import COMMON_TRAIN_DEFAULTS
 
     def shown(value) -> str:  # learning rates as recipes write them (2e-4)
         return f"{value:.0e}".replace("e-0", "e-") if isinstance(value, float) and 0 < value < 1e-3 else str(value)

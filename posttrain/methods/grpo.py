@@ -18,8 +18,8 @@ from posttrain.data.prepare import PreparedData, split_indices
 from posttrain.data.prompts import read_prompts, too_long_message
 from posttrain.errors import UserError
 from posttrain.methods.common import Stage, prepare_stage
+from posttrain.methods.train_defaults import GRPO_TRAIN_DEFAULTS
 from posttrain.methods.trl_backed import (
-    COMMON_TRAIN_DEFAULTS,
     train_and_finish,
     trainable_model,
     trl_config,
@@ -29,14 +29,7 @@ from posttrain.recipe import Recipe
 from posttrain.rl.rewards import check_reward, describe, reward_functions
 from posttrain.rl.setup import check_reward_run
 
-# Sized for a T4: 4 answers to 1 prompt per micro-batch, 2 prompts per optimiser step, short answers.
-TRAIN_DEFAULTS = COMMON_TRAIN_DEFAULTS | {
-    "learning_rate": 2.0e-5,
-    "num_generations": 4,
-    "max_completion_length": 128,
-    "gradient_accumulation_steps": 2,
-    "logging_steps": 1,
-}
+TRAIN_DEFAULTS = GRPO_TRAIN_DEFAULTS
 LOGGED_REWARD = "reward"  # TRL's log key of the weighted reward, averaged over the step's answers
 
 

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from posttrain.data.feedback import balance_lines
 from posttrain.errors import UserError
 from posttrain.methods.common import Stage
+from posttrain.methods.train_defaults import COMMON_TRAIN_DEFAULTS
 from posttrain.methods.trl_backed import (
-    COMMON_TRAIN_DEFAULTS,
     prepare_with_data,
     train_and_finish,
     trl_config,

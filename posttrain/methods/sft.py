@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 from posttrain.errors import UserError
 from posttrain.methods.common import Stage
+from posttrain.methods.train_defaults import COMMON_TRAIN_DEFAULTS
 from posttrain.methods.trl_backed import (
-    COMMON_TRAIN_DEFAULTS,
     padding_line,
     prepare_with_data,
     train_and_finish,

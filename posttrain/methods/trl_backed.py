@@ -12,26 +12,11 @@ from posttrain.data.prepare import PreparedData, prepare_data
 from posttrain.methods import METHODS
 from posttrain.methods.callbacks import NoFinalCheckpoint, StopOnNonFiniteWeights, StopOnSignal
 from posttrain.methods.common import Stage, load_trainable_model, prepare_stage, seed_everything
+from posttrain.methods.train_defaults import AUTO_TRAIN_DEFAULTS
 from posttrain.plan.fit import resolve_auto_checkpointing
 from posttrain.precision import keep_trainable_fp32, trainable_weights_kept, trainer_flags
 from posttrain.recipe import Recipe
 from posttrain.runs import stopping
-
-# Defaults every method puts under the recipe's `train:` (the recipe wins).
-COMMON_TRAIN_DEFAULTS = {
-    "per_device_train_batch_size": 4,
-    "num_train_epochs": 1,
-    "lr_scheduler_type": "cosine",
-    "warmup_steps": 0.03,
-    "logging_steps": 5,
-    "save_strategy": "steps",
-    "save_steps": 50,
-    "save_total_limit": 2,
-    "report_to": ["tensorboard"],
-    "seed": 42,
-}
-# posttrain's own values for TRL keys, resolved in prepare_with_data before the TRL config is built.
-AUTO_TRAIN_DEFAULTS = {"activation_checkpointing": "auto"}  # on only when the plan says the run needs it to fit
 
 
 def prepare_with_data(recipe: Recipe, defaults: dict, preference: bool = False, margins: dict | None = None) -> Stage:

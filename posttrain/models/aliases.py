@@ -166,8 +166,10 @@ def convert_smollm2(folder: Path) -> None:
         gguf = _fetch_gguf(Path(tmp))
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float16)
-    # The GGUF weights were de-quantized on load; drop the marker that forbids saving them.
-    del model.config.quantization_config
+    # The GGUF weights were de-quantized on load; drop the marker that forbids saving them (transformers before
+    # about 5.2x sets none).
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     model.hf_quantizer = None
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

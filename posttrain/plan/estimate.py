@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from posttrain.methods import METHODS
+from posttrain.methods.train_defaults import GRPO_TRAIN_DEFAULTS
 from posttrain.models.configs import ModelSource, model_source
 from posttrain.plan.memory import (
     GIB,
@@ -87,9 +88,7 @@ def _activations(
 def response_room(recipe: Recipe) -> int:
     """Tokens of data.max_length kept for sampled answers: ppo, rs and grpo sample, the others do not."""
     if METHODS[recipe.method].plan == "grpo":
-        from posttrain.methods.grpo import TRAIN_DEFAULTS
-
-        return recipe.train.get("max_completion_length", TRAIN_DEFAULTS["max_completion_length"])
+        return recipe.train.get("max_completion_length", GRPO_TRAIN_DEFAULTS["max_completion_length"])
     return getattr(recipe, recipe.method).max_new_tokens if METHODS[recipe.method].data == "prompts" else 0
 
 
@@ -215,9 +214,7 @@ def rs_sampling(recipe: Recipe, models: Models, precision: str, cuda: bool = Tru
 def grpo_phases(recipe: Recipe, models: Models, precision: str, cuda: bool = True) -> list[Phase]:
     """GRPO's two peaks: generating num_generations answers to each prompt of a generation batch (the KV cache),
     then optimising a micro-batch of them, as a TRL training run (posttrain.methods.grpo's defaults included)."""
-    from posttrain.methods.grpo import TRAIN_DEFAULTS
-
-    recipe = replace(recipe, train=TRAIN_DEFAULTS | recipe.train)
+    recipe = replace(recipe, train=GRPO_TRAIN_DEFAULTS | recipe.train)
     train, shape, length = recipe.train, models.policy.shape, recipe.data.max_length
     optimisation = training(recipe, models, precision, cuda)
     generation = Phase("generation")

@@ -15,9 +15,9 @@ import shutil
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from posttrain.runs import locks
 from posttrain.errors import UserError
 from posttrain.launch import is_main_process
+from posttrain.runs import locks
 
 LIBRARIES = ("posttrain", "torch", "transformers", "trl", "peft", "bitsandbytes", "datasets", "accelerate")
 
