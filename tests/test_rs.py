@@ -71,6 +71,9 @@ def test_each_round_keeps_the_best_of_k_and_fine_tunes_on_it(tmp_path, sft_run, 
             assert row["response"] == row["candidates"][ranked.index(max(ranked))]["response"]
     metrics = json.loads((run / "metrics.json").read_text())
     assert [r["round"] for r in metrics["rounds"]] == [1, 2]
+    rounds = [json.loads((run / "checkpoints" / f"round-{n}" / "metrics.json").read_text()) for n in (1, 2)]
+    assert metrics["final_step"] == sum(r["final_step"] for r in rounds) > 0  # the GPU check's fp16-skip share
+    assert metrics["fp16_skipped_steps"] == sum(r["fp16_skipped_steps"] for r in rounds)
     before = load_file(str(sft_run / "adapter" / "adapter_model.safetensors"))
     after = load_file(str(run / "adapter" / "adapter_model.safetensors"))
     assert before.keys() == after.keys()

@@ -180,7 +180,10 @@ def train(stage: Stage, *, resume: bool, echo: Callable[[str], None] = print) ->
             }
             | {"train_loss": m["train"]["train_loss"]}
             for m in history
-        ]
+        ],
+        # every round's fine-tuning together, as a TRL-trained run reports them (the GPU check reads the share)
+        "fp16_skipped_steps": sum(m.get("fp16_skipped_steps", 0) for m in history),
+        "final_step": sum(m.get("final_step", 0) for m in history),
     }
     if state.is_main_process:
         staging = run_folder.path / "adapter.partial"
