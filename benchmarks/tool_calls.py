@@ -6,8 +6,10 @@ answered greedily (with the tools the row offers, in the chatml template), and t
 
 A valid call parses (`<tool_call>{json}</tool_call>` with a name and object arguments), names one of the row's
 tools, gives every argument the tool's schema requires and none it does not declare; a reply is valid when it makes
-at least one call and every call is valid. It is exact when its calls are the held-out conversation's own calls
-(same names, same arguments). Rows whose answer needs no tool count as right when the reply makes no call.
+at least one call and every call is valid; it calls the right tools when it is valid and names the held-out row's
+tools, call by call (the right tool, and two calls where two are needed). It is exact when its calls are the
+held-out conversation's own calls (same names, same arguments). Rows whose answer needs no tool count as right when
+the reply makes no call.
 """
 
 from __future__ import annotations
@@ -40,7 +42,14 @@ def held_out(source: str) -> list[dict]:
 def judge(case: dict, text: str) -> dict:
     calls = parse_reply(text)[1]
     valid = bool(calls) and all(fits_schema(call, case["tools"]) for call in calls)
-    return {"reply": text, "calls": calls, "valid": valid, "exact": calls == case["expected"]}
+    named = [call["function"]["name"] for call in calls] == [call["function"]["name"] for call in case["expected"]]
+    return {
+        "reply": text,
+        "calls": calls,
+        "valid": valid,
+        "right_tool": valid and named,
+        "exact": calls == case["expected"],
+    }
 
 
 def load(model_name: str, base: str):
@@ -70,6 +79,7 @@ def measure(model_name: str, base: str, cases: list[dict], batch_size: int, max_
         "model": model_name,
         "rows needing a call": len(calling),
         "valid call share": round(sum(j["valid"] for j in calling) / len(calling), 3),
+        "valid call of the right tools share": round(sum(j["right_tool"] for j in calling) / len(calling), 3),
         "exact call share": round(sum(j["exact"] for j in calling) / len(calling), 3),
         "rows needing no call": len(plain),
         "answered without a call": sum(not j["calls"] for j in plain),
