@@ -24,8 +24,8 @@ cd "$work"
 tiny=(--set model.name=tiny-llama2 --set model.chat_template=llama2 --set train.max_steps=3)
 "$posttrain" sft smollm2-135m/sft "${tiny[@]}"
 "$posttrain" reward smollm2-135m/reward "${tiny[@]}"
-"$posttrain" dpo smollm2-135m/dpo --set train.max_steps=3
-"$posttrain" ppo smollm2-135m/ppo --set ppo.steps=3 --set ppo.value_warmup_steps=0 --set ppo.eval_prompts=null
+"$posttrain" dpo smollm2-135m/dpo --set train.max_steps=3 --output-dir runs/tiny-dpo
+"$posttrain" ppo smollm2-135m/ppo --set ppo.steps=3 --set ppo.value_warmup_steps=0 --set ppo.eval_prompts=null --output-dir runs/tiny-ppo
 "$posttrain" recipes | awk '$1 ~ /^(smollm2|llama2)/ {print $1, $2}' >recipes.txt
 while read -r name method; do
   case "$name" in
