@@ -29,7 +29,7 @@ tiny=(--set model.name=tiny-llama2 --set model.chat_template=llama2 --set train.
 "$posttrain" recipes | awk '$1 ~ /^(smollm2|llama2)/ {print $1, $2}' >recipes.txt
 while read -r name method; do
   case "$name" in
-    smollm2-135m/*) "$posttrain" "$method" "$name" --dry-run >/dev/null ;;
+    smollm2-135m/*) "$posttrain" "$method" "$name" --dry-run --output-dir "dry/$name" >/dev/null ;;
     *) "$posttrain" plan "$name" >/dev/null ;;
   esac
   echo "test-min: checked $name"
