@@ -23,6 +23,7 @@ from typing import NoReturn
 
 import yaml
 
+from posttrain import fsdp_cpu
 from posttrain.errors import UserError
 
 PRESETS_DIR = Path(__file__).parent / "accelerate_configs"
@@ -32,7 +33,7 @@ PRESETS = {
     "zero3": "DeepSpeed ZeRO-3: the model's weights sharded too",
     "fsdp": "PyTorch FSDP: weights, gradients and optimizer state sharded (FSDP-QLoRA)",
 }
-NEEDS_CUDA = {"DEEPSPEED", "FSDP"}  # accelerate runs these on GPUs only
+NEEDS_CUDA = {"DEEPSPEED", "FSDP"}  # accelerate runs these on GPUs only (FSDP on CPUs for tests: posttrain.fsdp_cpu)
 # Methods that sample with a model of their own, loaded outside the trainer. Under FSDP or ZeRO-3 the base is loaded
 # to be sharded (no device_map), so that model would sample on the CPU; PPO's loop also keeps four adapters on one
 # base, which accelerate's FSDP wrapping has not been shown to handle.
@@ -118,10 +119,11 @@ def plan_launch(
     import torch
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if kind in NEEDS_CUDA and gpus == 0:
+    if kind in NEEDS_CUDA and gpus == 0 and not (kind == "FSDP" and fsdp_cpu.asked()):
         raise UserError(
             f"--accelerate-config {name} ({kind}) needs CUDA GPUs, and this machine has none. "
-            "On a CPU, --num-processes N alone runs N processes with DDP."
+            "On a CPU, --num-processes N alone runs N processes with DDP"
+            + (f" (to test FSDP on CPU processes: {fsdp_cpu.OPT_IN}=1)." if kind == "FSDP" else ".")
         )
     if preset and num_processes is None:
         num_processes = max(gpus, 1)  # a preset on its own uses every GPU of this machine
