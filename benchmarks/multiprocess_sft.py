@@ -1,6 +1,8 @@
 """tiny-llama2 SFT (nf4) in one process, in two DDP processes and in two FSDP processes, with the same global batch:
 the loss of every step side by side, seconds per step, and the peak resident memory of each training process.
-On a machine without CUDA, FSDP is refused by posttrain (accelerate runs FSDP on GPUs only): its row says so.
+On a machine without CUDA the FSDP run is FSDP2 over gloo, which posttrain allows for testing (POSTTRAIN_FSDP_ON_CPU=1,
+set here for that run only). LoRA dropout is off: each process draws its own dropout masks, so with it two processes
+would not compute what one process does.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/multiprocess_sft.py [--steps 8]
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -30,6 +33,7 @@ def write_recipe(folder: Path, processes: int, steps: int) -> Path:
     recipe = {
         "method": "sft",
         "model": {"name": "tiny-llama2", "quantization": "nf4"},
+        "lora": {"dropout": 0.0},
         "data": {"train": "builtin:pirate_sft", "max_length": 192},
         "train": {
             "max_steps": steps,
@@ -75,7 +79,8 @@ def run(layout: str, steps: int, folder: Path) -> dict:
     if preset:
         command += ["--num-processes", str(processes), "--accelerate-config", preset]
     started, peaks, stop = time.perf_counter(), {}, threading.Event()
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = dict(os.environ, POSTTRAIN_FSDP_ON_CPU="1") if preset == "fsdp" else None
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     watcher = threading.Thread(target=watch_memory, args=(psutil.Process(child.pid), bool(preset), peaks, stop))
     watcher.start()
     output = child.communicate()[0]
