@@ -12,7 +12,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from posttrain import launch
+from posttrain import fsdp_cpu, launch
 from posttrain.cli import app
 from posttrain.cli.train import training_args
 
@@ -20,7 +20,7 @@ from posttrain.cli.train import training_args
 @pytest.fixture
 def outside_launch(monkeypatch):
     """As if typed in a shell: not a process that accelerate launch started."""
-    for name in (launch.LAUNCHED, "LOCAL_RANK", "RANK"):
+    for name in (launch.LAUNCHED, "LOCAL_RANK", "RANK", fsdp_cpu.OPT_IN):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -188,7 +188,7 @@ def test_every_preset_is_an_accelerate_config_that_leaves_precision_to_posttrain
     # what QLoRA needs when the weights are sharded (PEFT's FSDP and DeepSpeed guides)
     assert configs["zero3"].deepspeed_config["zero3_init_flag"] is True
     fsdp = configs["fsdp"].fsdp_config
-    assert fsdp["fsdp_use_orig_params"] is False and fsdp["fsdp_cpu_ram_efficient_loading"] is True
+    assert fsdp["fsdp_version"] == 2 and fsdp["fsdp_cpu_ram_efficient_loading"] is True
 
 
 def test_a_launched_process_trains_instead_of_launching_again(monkeypatch):

@@ -181,8 +181,11 @@ def processes(stage: Stage):
     call makes the process group, with posttrain's explicit timeout (not NCCL's 10 minutes)."""
     from accelerate import PartialState
 
+    from posttrain import fsdp_cpu
     from posttrain.launch import process_group_timeout
 
+    if fsdp_cpu.asked():
+        fsdp_cpu.treat_cpu_group_as_fsdp()  # before a trainer builds its Accelerator
     return PartialState(cpu=stage.hardware.device == "cpu", timeout=process_group_timeout())
 
 

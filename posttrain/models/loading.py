@@ -10,7 +10,6 @@ from pathlib import Path
 
 import yaml
 
-from posttrain import fsdp_cpu
 from posttrain.errors import UserError
 from posttrain.models.aliases import materialise_alias
 from posttrain.models.templates import prepare_tokenizer
@@ -197,8 +196,6 @@ def load_base_model(ref: ModelRef, quantization: str, double_quant: bool, precis
     if task_type == "SEQ_CLS":
         auto_class, kwargs["num_labels"] = AutoModelForSequenceClassification, 1
     sharded = weights_are_sharded()
-    if sharded and fsdp_cpu.asked():
-        fsdp_cpu.treat_cpu_group_as_fsdp()  # before the trainer builds its Accelerator
     if quantization != "none":
         storage = dtype if sharded else None
         kwargs["quantization_config"] = quantization_config(quantization, double_quant, dtype, task_type, storage)
