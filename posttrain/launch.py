@@ -3,9 +3,9 @@ under `accelerate launch`, which runs it in N processes (DDP, DeepSpeed ZeRO or 
 the user's own accelerate config). posttrain has no distributed code of its own: accelerate starts the processes,
 TRL's trainers and accelerate split the batches and gather the weights, and only the main process writes.
 
-Work outside a trainer that one process could do alone (the sampling of rs, gatt and distill) is shared by batches
-(`share_batches`), so that no process waits long for another; what stays on the main process (writing the run
-folder, the held-out check of ppo and rs) is covered by the process group's timeout, set explicitly from
+Work outside a trainer that one process could do alone (the sampling of rs, gatt and distill, the held-out check of
+ppo and rs) is shared by batches (`share_batches`, `share_items`), so that no process waits long for another; what
+stays on the main process (writing the run folder) is covered by the process group's timeout, set explicitly from
 --timeout-minutes (the processes read it from POSTTRAIN_TIMEOUT_MINUTES; a user's own `accelerate launch` can set it).
 """
 
@@ -40,8 +40,9 @@ NEEDS_CUDA = {"DEEPSPEED", "FSDP"}  # accelerate runs these on GPUs only (FSDP o
 UNSHARDED_METHODS = {"ppo", "rs", "gatt", "distill"}
 LAUNCHED = "POSTTRAIN_LAUNCHED"  # set for the launched processes, so that they train instead of launching again
 TIMEOUT = "POSTTRAIN_TIMEOUT_MINUTES"  # how long a process waits for the others (a collective, a barrier)
-# Generous: the held-out check of a 7B ppo or rs run on a T4 (120 prompts, two models) stays on the main process;
-# NCCL's own default (10 minutes) would kill the others while it runs. A process that really hangs is found later.
+# Generous, for what stays on the main process (writing the run folder) and for shares of work that take unlike times
+# (the main process may get one batch more); NCCL's own default is 10 minutes. A process that really hangs is found
+# later.
 DEFAULT_TIMEOUT_MINUTES = 120.0
 
 
@@ -202,6 +203,25 @@ def share_batches(state, starts: list[int], work: Callable[[int], list]) -> list
         for theirs in gather_object([mine]):  # one dict per process, in every process
             mine |= theirs
     return [mine[start] for start in starts]
+
+
+def share_items(state, items: list, batch_size: int, work: Callable[[list], list]) -> list:
+    """work(items) with one result per item, in every process: each process calls work once, on every N-th batch of
+    `batch_size` items (whole batches, the ones one process would form), and the results are gathered in order.
+    For work that loads a model first (once per process, not per batch) and whose batches give what they would
+    give alone; a process with no batch does no work."""
+    mine = [
+        index
+        for start in range(state.process_index * batch_size, len(items), state.num_processes * batch_size)
+        for index in range(start, min(start + batch_size, len(items)))
+    ]
+    done = dict(zip(mine, work([items[index] for index in mine]), strict=True)) if mine else {}
+    if state.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        for theirs in gather_object([done]):  # one dict per process, in every process
+            done |= theirs
+    return [done[index] for index in range(len(items))]
 
 
 def planned_gpus(method: str, num_processes: int | None, accelerate_config: str | None) -> tuple[int, str] | None:

@@ -244,3 +244,155 @@ def test_heldout_prompts_that_are_also_training_prompts_are_left_out(rl_recipe):
 def test_eval_prompts_null_skips_the_check(rl_recipe):
     stage = ppo.prepare(load_recipe(str(rl_recipe("ppo", eval_prompts=None))))
     assert stage.data.heldout == [] and "held-out    none (eval_prompts: null)" in stage.details
+
+
+# ---------------------------------------------------------------- shared among processes (issue #28)
+
+
+def as_processes(count: int, run, monkeypatch) -> list:
+    """run(state) in `count` threads that stand in for the processes of a launch (accelerate's state: this one's
+    index, how many), with accelerate's gather_object gathering across them; each one's result."""
+    import threading
+    from types import SimpleNamespace
+
+    import accelerate.utils
+
+    barrier, slots, results, errors = threading.Barrier(count, timeout=300), [None] * count, [None] * count, []
+    rank = threading.local()
+
+    def gather_object(objects: list) -> list:
+        slots[rank.index] = objects
+        barrier.wait()
+        gathered = [item for slot in slots for item in slot]
+        barrier.wait()  # every one has read the slots before any writes the next gather's
+        return gathered
+
+    def process(index: int) -> None:
+        rank.index = index
+        try:
+            results[index] = run(SimpleNamespace(process_index=index, num_processes=count, is_main_process=not index))
+        except BaseException as err:  # raised below, in the test's own thread
+            errors.append(err)
+            barrier.abort()
+
+    monkeypatch.setattr(accelerate.utils, "gather_object", gather_object)
+    threads = [threading.Thread(target=process, args=(index,)) for index in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+def test_each_process_works_on_whole_batches_and_every_process_gets_every_result(monkeypatch):
+    from posttrain.launch import share_items
+
+    given = {}
+
+    def share_of(items: list):
+        def share(state) -> list:
+            def work(mine: list) -> list:
+                given[state.process_index] = mine
+                return [f"{item} done" for item in mine]
+
+            return share_items(state, items, 3, work)
+
+        return share
+
+    assert as_processes(4, share_of(list(range(10))), monkeypatch) == [[f"{i} done" for i in range(10)]] * 4
+    assert given == {0: [0, 1, 2], 1: [3, 4, 5], 2: [6, 7, 8], 3: [9]}  # every 4th batch of 3, the last one short
+    given.clear()
+    assert as_processes(3, share_of(list(range(4))), monkeypatch) == [[f"{i} done" for i in range(4)]] * 3
+    assert given == {0: [0, 1, 2], 1: [3]}  # a process with no batch does no work (loads no model)
+
+
+def test_the_check_shared_by_two_processes_reports_what_one_process_does(
+    monkeypatch, sft_run, reward_run, opposite_judge
+):
+    from functools import partial
+
+    from posttrain.evaluation.heldout import heldout_report, in_this_process
+    from posttrain.evaluation.taught_text import TaughtText
+    from posttrain.launch import share_items
+
+    # 17 prompts: batches of 8, 8 and 1, two to the first process; prompts of unlike lengths, so batches pad
+    prompts = [[{"role": "user", "content": "Ahoy! " * (i % 5) + f"What be treasure number {i}?"}] for i in range(17)]
+    taught = TaughtText("builtin:pirate_sft", [f"Arr, {i} doubloons!" * (1 + i % 3) for i in range(5)], 5)
+
+    def check(share) -> dict:
+        return heldout_report(
+            "tiny-llama2",  # the start: the base model, with the recipe's chat template
+            str(sft_run),  # the trained model: an SFT run on it
+            str(reward_run),
+            "tiny-llama2",
+            prompts,
+            max_new_tokens=8,
+            start_chat_template="llama2",
+            quantization="none",
+            truncated_score=None,
+            seed=42,
+            second_judge=str(opposite_judge),
+            taught=taught,
+            echo=lambda _: None,
+            share=share,
+        )
+
+    alone = check(in_this_process)
+    assert any(row["start"] != row["trained"] for row in alone["answers"])  # two models that answer differently
+    shared = as_processes(2, lambda state: check(partial(share_items, state)), monkeypatch)
+    assert shared == [alone, alone]  # answers, scores and perplexities bit for bit, in order, in both processes
+
+
+# Put first on the launched processes' path: each process notes how many chats each batch of replies it generates has
+# (ppo's and rs's own sampling does not generate through this function; the held-out check does).
+NOTE_REPLY_BATCHES = """
+import os
+
+import posttrain.inference.generation as generation
+
+original = generation.generate_replies_to_chats
+
+
+def noted(model, tokenizer, chats, *args, **kwargs):
+    with open(os.path.join(os.environ["NOTES"], "rank-" + os.environ.get("RANK", "0")), "a") as notes:
+        notes.write(f"{len(chats)}\\n")
+    return original(model, tokenizer, chats, *args, **kwargs)
+
+
+generation.generate_replies_to_chats = noted
+"""
+
+
+def test_rs_in_two_processes_checks_a_share_of_the_heldout_prompts_in_each(tmp_path, rl_recipe, monkeypatch):
+    import subprocess
+    import sys
+
+    from posttrain.rl.setup import heldout_check
+
+    train, heldout = tmp_path / "train.jsonl", tmp_path / "heldout_prompts.jsonl"
+    train.write_text("".join(json.dumps({"prompt": f"What is {i} plus {i}, matey?"}) + "\n" for i in range(2)))
+    heldout.write_text("".join(json.dumps({"prompt": f"Where be treasure number {i}?"}) + "\n" for i in range(17)))
+    recipe = rl_recipe("rs", eval_prompts=str(heldout), keep_cut_off=True)
+    settings = yaml.safe_load(recipe.read_text())
+    settings["data"]["train"] = str(train)
+    recipe.write_text(f"# posttrain rs {recipe.name}\n" + yaml.safe_dump(settings))
+    (tmp_path / "hook").mkdir()
+    (tmp_path / "hook" / "sitecustomize.py").write_text(NOTE_REPLY_BATCHES)
+    (tmp_path / "notes").mkdir()
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "hook"))
+    monkeypatch.setenv("NOTES", str(tmp_path / "notes"))
+    command = [sys.executable, "-m", "posttrain", "rs", str(recipe), "--num-processes", "2"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert done.stdout.count("held-out    17 prompts, greedy: win rate") == 1  # the main process prints
+    # 17 prompts are batches of 8, 8 and 1: the first and last to the main process, the second to the other; each
+    # process answers its prompts with the trained model, then with the start
+    notes = {path.name: path.read_text().split() for path in (tmp_path / "notes").iterdir()}
+    assert notes == {"rank-0": ["8", "1", "8", "1"], "rank-1": ["8", "8"]}
+    # one process checks the run the two trained: what they wrote is what it writes
+    run, written = tmp_path / "rs", (tmp_path / "rs" / "heldout.jsonl").read_text()
+    monkeypatch.delenv("PYTHONPATH")
+    assert heldout_check(rs.prepare(load_recipe(str(recipe))), None, echo=lambda _: None) == heldout_of(run)
+    assert (run / "heldout.jsonl").read_text() == written

@@ -8,7 +8,9 @@ recipe names one, by a second reward run that the policy never optimised (Gao et
 over-optimisation); fluency as the base model's perplexity of each model's answers (eval perplexity's sliding-window
 NLL) beside that of the SFT data's own answers (posttrain.evaluation.taught_text); the share of answers that loop
 (posttrain.evaluation.loops), the mean answer length and the share cut off at max_new_tokens. The bars these meet or
-miss are in posttrain.evaluation.heldout_bars. Models are loaded one at a time, as in `eval winrate`.
+miss are in posttrain.evaluation.heldout_bars. Models are loaded one at a time, as in `eval winrate`. Under several
+processes each one answers, judges and scores its share of the prompts and the results are gathered (`share`), so
+that the report is the one a single process gives and no process waits for another.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable
+from typing import TypeAlias
 
 from posttrain.evaluation.heldout_bars import heldout_bars
 from posttrain.evaluation.loops import has_loop
@@ -23,8 +26,21 @@ from posttrain.evaluation.taught_text import TaughtText
 from posttrain.inference.generation import GenerationSettings, Reply
 
 RESAMPLES = 1000
+# Prompts generated, and pairs scored (score_conversations' batch), together. A process's share of the prompts is
+# whole batches of this size, the batches one process forms, so that each prompt's answers and scores are bit for bit
+# those of one process (a batch is left-padded to its longest prompt). Generation is greedy: no seed decides them.
+BATCH = 8
 SIDES = {"trained": "a", "start": "b"}  # each model's side in judge_pairs' pairs
 WINNERS = {side: role for role, side in SIDES.items()} | {"tie": "tie"}  # judge_pairs' winner, as a role
+
+# share(items, batch_size, work): work's results, one per item, in order (posttrain.launch.share_items, bound to the
+# processes, splits the items among them)
+Share: TypeAlias = Callable[[list, int, Callable[[list], list]], list]
+
+
+def in_this_process(items: list, batch_size: int, work: Callable[[list], list]) -> list:
+    """All the work here: one process."""
+    return work(items)
 
 
 def heldout_report(
@@ -42,26 +58,39 @@ def heldout_report(
     second_judge: str | None = None,
     taught: TaughtText | None = None,
     echo: Callable[[str], None] = print,
+    share: Share = in_this_process,
 ) -> dict:
     """The report on `prompts` (each a chat ending in a user turn). `start` and `trained` are model names or run
     folders, `judge` the reward run the policy optimised and `second_judge` another one (or None), `base` the base
     model whose perplexity measures fluency, `taught` the SFT data's answers scored beside the held-out ones. A
-    cut-off answer is judged as the run scored one in training (`truncated_score`, or None: with its turn closed)."""
+    cut-off answer is judged as the run scored one in training (`truncated_score`, or None: with its turn closed).
+    `share` splits the per-prompt and per-answer work among processes (posttrain.launch.share_items) and gathers
+    it; every process gets the same report."""
     from posttrain.evaluation.winrate import generate_replies, judge_pairs
 
     settings = GenerationSettings(max_new_tokens=max_new_tokens)  # greedy: cheap and the same on every rerun
-    replies = {
-        "trained": generate_replies(trained, prompts, settings, seed, "auto", 8, echo),
-        # a run keeps its own template; a base model the policy started from takes the recipe's
-        "start": generate_replies(start, prompts, settings, seed, start_chat_template, 8, echo),
-    }
-    judged = {}
-    for name, run in (("reward", judge), ("judge", second_judge)):
-        if run:
-            echo(f"judging {len(prompts)} held-out pairs with {run}")
-            judged[name] = judge_pairs(run, prompts, replies["trained"], replies["start"], 0.0, truncated_score)
+    judges = {name: run for name, run in (("reward", judge), ("judge", second_judge)) if run}
+
+    def answer_and_judge(chunk: list[list[dict]]) -> list[dict]:
+        replies = {
+            "trained": generate_replies(trained, chunk, settings, seed, "auto", BATCH, echo),
+            # a run keeps its own template; a base model the policy started from takes the recipe's
+            "start": generate_replies(start, chunk, settings, seed, start_chat_template, BATCH, echo),
+        }
+        judged = {}
+        for name, run in judges.items():
+            echo(f"judging {len(chunk)} held-out pairs with {run}")
+            judged[name] = judge_pairs(run, chunk, replies["trained"], replies["start"], 0.0, truncated_score)
+        return [  # per prompt: both replies and each judge's pair
+            {"replies": {role: replies[role][i] for role in SIDES}, "judged": {n: judged[n][i] for n in judged}}
+            for i in range(len(chunk))
+        ]
+
+    per_prompt = share(prompts, BATCH, answer_and_judge)
+    replies = {role: [row["replies"][role] for row in per_prompt] for role in SIDES}
+    judged = {name: [row["judged"][name] for row in per_prompt] for name in judges}
     texts = {role: [reply.text for reply in replies[role]] for role in replies}
-    nlls = answer_nlls(base, texts | ({"taught": taught.answers} if taught else {}), quantization)
+    nlls = answer_nlls(base, texts | ({"taught": taught.answers} if taught else {}), quantization, share)
     answers = answer_rows(judged, nlls)
     report = {
         "prompts": len(prompts),
@@ -127,7 +156,9 @@ def answer_summary(replies: list[Reply], scores: list[float], perplexity: float 
     }
 
 
-def answer_nlls(base: str, texts: dict[str, list[str]], quantization: str) -> dict[str, list[tuple[float, int]]]:
+def answer_nlls(
+    base: str, texts: dict[str, list[str]], quantization: str, share: Share = in_this_process
+) -> dict[str, list[tuple[float, int]]]:
     """Per set of answers, the base model's summed negative log-likelihood of each answer's text and the number of
     tokens it scored (each answer alone, no prompt or template): fluent text scores low, garbled text high."""
     import gc
@@ -135,14 +166,16 @@ def answer_nlls(base: str, texts: dict[str, list[str]], quantization: str) -> di
     from posttrain.evaluation.perplexity import sliding_window_nll
     from posttrain.models.loading import load_run_model
 
-    model, tokenizer = load_run_model(base, quantization=quantization)
-    result = {
-        role: [sliding_window_nll(model, tokenizer(text)["input_ids"], window=1024, stride=512) for text in answers]
-        for role, answers in texts.items()
-    }
-    del model
-    gc.collect()
-    return result
+    def score(chunk: list[str]) -> list[tuple[float, int]]:
+        model, tokenizer = load_run_model(base, quantization=quantization)
+        scored = [sliding_window_nll(model, tokenizer(text)["input_ids"], window=1024, stride=512) for text in chunk]
+        del model
+        gc.collect()
+        return scored
+
+    every = [text for answers in texts.values() for text in answers]
+    scored = iter(share(every, 1, score))  # each text alone: any split scores it alike
+    return {role: [next(scored) for _ in answers] for role, answers in texts.items()}
 
 
 def perplexity(nlls: list[tuple[float, int]]) -> float | None:

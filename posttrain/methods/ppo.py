@@ -72,8 +72,9 @@ def train(stage: Stage, *, resume: bool, echo: Callable[[str], None] = print) ->
         save_policy(trainer.shared, stage)
     del trainer, shared  # the held-out check loads its models one at a time, on memory this run no longer needs
     accelerator.free_memory()
+    accelerator.wait_for_everyone()  # every process checks its share of the held-out prompts on the saved adapter
+    metrics["heldout"] = heldout_check(stage, {record["step"]: record["kl"] for record in history}, echo)
     if accelerator.is_main_process:
-        metrics["heldout"] = heldout_check(stage, {record["step"]: record["kl"] for record in history}, echo)
         stage.run.write_metrics(metrics)
     accelerator.wait_for_everyone()
     return metrics

@@ -191,6 +191,8 @@ def train(stage: Stage, *, resume: bool, echo: Callable[[str], None] = print) ->
         shutil.rmtree(run_folder.adapter, ignore_errors=True)
         staging.rename(run_folder.adapter)
         stage.tokenizer.save_pretrained(run_folder.path)
-        metrics["heldout"] = heldout_check(stage, None, echo)
+    state.wait_for_everyone()  # every process checks its share of the held-out prompts on the saved adapter
+    metrics["heldout"] = heldout_check(stage, None, echo)
+    if state.is_main_process:
         run_folder.write_metrics(metrics | {"final": metrics["rounds"][-1]})
     return metrics

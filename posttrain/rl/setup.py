@@ -10,7 +10,7 @@ from pathlib import Path
 from posttrain.data.prompts import prompt_sources, read_prompts, too_long_message
 from posttrain.errors import UserError
 from posttrain.evaluation.taught_text import TaughtText
-from posttrain.methods.common import Stage, load_base, prepare_stage
+from posttrain.methods.common import Stage, load_base, prepare_stage, processes
 from posttrain.models.loading import lora_config, method_of_run, resolve_model
 from posttrain.recipe import Recipe
 from posttrain.runs import write_jsonl
@@ -143,14 +143,19 @@ HELDOUT_ANSWERS = "heldout.jsonl"  # in the run folder: one line per held-out pr
 def heldout_check(stage: Stage, kl_by_step: dict[int, float] | None, echo: Callable[[str], None]) -> dict | None:
     """The held-out report of a finished ppo or rs run (its adapter/ saved): the trained model against the one it
     started from, on stage.data.heldout, with PPO's KL per logged step against its budget (rs: None); None when
-    there are no held-out prompts."""
+    there are no held-out prompts. Every process of the run calls it and checks its share of the prompts; all get
+    the report, and the main process writes heldout.jsonl and prints."""
+    from functools import partial
+
     from posttrain.evaluation.heldout import heldout_report
     from posttrain.evaluation.heldout_bars import heldout_rows, kl_bar
+    from posttrain.launch import share_items
 
     if not stage.data.heldout:
         return None
     recipe, section = stage.recipe, getattr(stage.recipe, stage.recipe.method)
     judge = section.reward if isinstance(section.reward, str) else section.reward["helpfulness"]
+    state = processes(stage)
     report = heldout_report(
         str(stage.adapter.parent) if stage.adapter else recipe.model.name,
         str(stage.run.path),
@@ -165,15 +170,18 @@ def heldout_check(stage: Stage, kl_by_step: dict[int, float] | None, echo: Calla
         second_judge=section.judge,
         taught=stage.data.taught,
         echo=echo,
+        share=partial(share_items, state),
     )
     # per response, summed over its tokens (ppo's last step; rs measures none)
     report["final_kl"] = kl_by_step[max(kl_by_step)] if kl_by_step else None
     if kl_by_step:
         report["bars"]["kl"] = kl_bar(kl_by_step, section.kl_budget)
-    write_jsonl(stage.run.path / HELDOUT_ANSWERS, report.pop("answers"))
-    echo(f"held-out answers of both models, their scores and perplexities: {stage.run.path / HELDOUT_ANSWERS}")
-    for line in heldout_rows(report):
-        echo(line)
+    answers = report.pop("answers")
+    if state.is_main_process:
+        write_jsonl(stage.run.path / HELDOUT_ANSWERS, answers)
+        echo(f"held-out answers of both models, their scores and perplexities: {stage.run.path / HELDOUT_ANSWERS}")
+        for line in heldout_rows(report):
+            echo(line)
     return report
 
 
