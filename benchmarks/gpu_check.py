@@ -9,17 +9,21 @@ memory capped at a T4's usable 14.5 GiB, which posttrain's plan also uses (POSTT
     torch.cuda.max_memory_allocated beside `posttrain plan`'s prediction;
   - generate, merge and eval (accuracy, winrate, perplexity) on the trained runs of both models;
   - seconds per step of posttrain against plain TRL with the same settings, for sft and dpo (7B shape);
-  - a PPO run interrupted after a checkpoint and resumed with --resume, which must repeat the uninterrupted one.
+  - a PPO run interrupted after a checkpoint and resumed with --resume, which must repeat the uninterrupted one;
+  - with two GPUs or more, tiny-llama2 SFT in one process and in two under the ddp and fsdp presets (zero2 and zero3
+    where DeepSpeed is installed), which must match it (benchmarks/gpu_check_two_gpus.py); skipped, saying so, on
+    fewer (an estimated 2 to 4 minutes more, not measured: raise --budget-s, which its runs also obey).
 It writes gpu_check.json and gpu_check.md into --output. First, within seconds and before anything loads, every
 direct dependency must be at a version pyproject.toml admits (read when the check starts), and so must what those
 packages require (benchmarks/gpu_check_gate.py); what is not is installed with --upgrade from --wheels (see
 benchmarks/fetch_gpu_wheels.sh), and what no carried wheel satisfies is named (package, found, needed) and the check
 stops (exit 2). It passes only when every command exits 0, no training run had more than 10% of its steps skipped by
-fp16's loss scaler or logged a loss that is not a finite number, both speed rows were measured and PPO --resume
-repeated the run. --tiny checks the script itself on a CPU: tiny-llama2 only, 2 steps, no 7B shape, no GPU figures.
+fp16's loss scaler or logged a loss that is not a finite number, both speed rows were measured, PPO --resume
+repeated the run and, when it ran, the two-GPU section passed. --tiny checks the script itself on a CPU: tiny-llama2
+only, 2 steps, no 7B shape, no GPU figures.
 
     python benchmarks/gpu_check.py --output DIR [--wheels DIR [--install-into DIR]] [--layers 4] [--tiny] [--work DIR]
-        [--budget-s 480]
+        [--budget-s 480] [--two-processes-on-cpu]
 """
 
 from __future__ import annotations
@@ -188,6 +192,11 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="CPU plumbing check: tiny-llama2, 2 steps, no GPU figures")
     parser.add_argument("--work", type=Path, help="folder for models and runs (default: a new temporary one)")
     parser.add_argument("--budget-s", type=float, default=480, help="start no command after this many seconds")
+    parser.add_argument(
+        "--two-processes-on-cpu",
+        action="store_true",
+        help="run the two-GPU section as CPU processes (DDP over gloo, FSDP2): checks the section, no GPU figures",
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the GPU machine has no network: fail at once, not on a timeout
@@ -253,6 +262,8 @@ def run_parts(args, report: Report, gpu: bool, started: float) -> None:
     report.data["ppo_resume"] = ppo_resume(work / "tiny", work / "resume", data, gpu, save_steps=2 if gpu else 1)
     report.save()
     print(f"ppo --resume: {report.data['ppo_resume']}", flush=True)
+    report.data["two_gpus"] = two_gpu_section(args, work / "two-gpus")
+    report.save()
     if not args.tiny:
         from plan_vs_measured import CONFIG, build_model
 
@@ -261,6 +272,24 @@ def run_parts(args, report: Report, gpu: bool, started: float) -> None:
             build_model(base, args.shape_config or CONFIG, args.layers)
         shape = f"{args.shape_config.name} shape" if args.shape_config else "llama2-7b shape"
         run_model(args, report, f"{shape}, {args.layers} layers", str(base), base.parent, data, gpu, timed=True)
+
+
+def two_gpu_section(args, work: Path) -> dict:
+    """tiny-llama2 SFT in one process and in two under each preset (gpu_check_two_gpus.py); skipped, saying why,
+    on fewer than two GPUs unless --two-processes-on-cpu. Its runs are new Pythons: they get this check's path."""
+    import gc
+
+    import torch
+    from gpu_check_runs import DEADLINE
+    from gpu_check_two_gpus import section
+
+    gc.collect()
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus:
+        torch.cuda.empty_cache()  # what this process's own runs left cached on GPU 0, where one of the ranks runs
+    python_path = [str(args.install_into)] if args.install_into else []
+    python_path += [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return section(work, gpus, args.two_processes_on_cpu, python_path, DEADLINE["at"])
 
 
 def run_model(args, report: Report, model: str, base: str, runs: Path, data: dict, gpu: bool, timed: bool) -> None:

@@ -6,6 +6,8 @@ import json
 import math
 from pathlib import Path
 
+import gpu_check_two_gpus as two_gpus
+
 SPEED_METHODS = ("sft", "dpo")  # timed against plain TRL
 MOST_SKIPPED = 0.10  # share of a run's optimizer steps fp16's loss scaler may skip (an overflow), and still pass
 
@@ -73,6 +75,8 @@ def markdown(d: dict) -> str:
     resume = d.get("ppo_resume") or {}
     lines += ["", "## PPO --resume", "", f"reproduced: {resume.get('reproduced')}; "]
     lines[-1] += f"largest relative difference {cell(resume.get('max_relative_difference'))}"
+    if "two_gpus" in d:
+        lines += two_gpus.markdown(d["two_gpus"])
     if d.get("failures"):
         lines += ["", "## Why it did not pass", ""] + [f"- {line}" for line in d["failures"]]
     errors = [r for r in d.get("methods", []) + d.get("use", []) if r.get("error")]
@@ -89,8 +93,8 @@ def markdown(d: dict) -> str:
 
 def passed(d: dict) -> bool:
     """Every command exited 0; no training run logged a loss that is not a finite number or had more than 10% of its
-    optimizer steps skipped by fp16's loss scaler; posttrain and plain TRL were both timed for each speed method; and
-    the resumed PPO run repeated the uninterrupted one."""
+    optimizer steps skipped by fp16's loss scaler; posttrain and plain TRL were both timed for each speed method; the
+    resumed PPO run repeated the uninterrupted one; and, on two GPUs, every two-process run matched one process."""
     return not failures(d)
 
 
@@ -109,4 +113,4 @@ def failures(d: dict) -> list[str]:
     found += [f"no speed row for {m} with both sides timed" for m in SPEED_METHODS if m not in measured]
     if not (d.get("ppo_resume") or {}).get("reproduced"):
         found.append("PPO --resume did not repeat the uninterrupted run")
-    return found
+    return found + two_gpus.failures(d.get("two_gpus"))  # skipped (fewer than two GPUs): stated, not failed

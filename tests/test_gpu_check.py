@@ -40,6 +40,9 @@ def test_without_a_gpu_it_says_so_and_writes_no_memory_figure(check):
     assert "no GPU" in report["machine"] and "no GPU" in markdown
     assert report["cap_gib"] is None
     assert all(row["peak_gib"] is None for row in report["methods"] + report["use"])
+    # the two-GPU section is skipped, and the report says why, without counting it as passed
+    assert report["two_gpus"]["skipped"].startswith("this machine has no GPU; the section needs 2")
+    assert "**Skipped**: this machine has no GPU" in markdown and "not passed" in markdown
 
 
 def test_generate_merge_and_eval_run_on_the_trained_runs(check):
@@ -104,6 +107,100 @@ def test_passed_refuses_a_check_without_both_speed_rows():
     assert not passed(report)
     report["speed"] = []
     assert not passed(report)
+
+
+# ---------------------------------------------------------------- the two-GPU section, without two GPUs
+
+
+def test_the_two_gpu_section_runs_ddp_and_fsdp_on_two_gpus_and_deepspeed_only_where_installed():
+    from gpu_check_two_gpus import plan
+
+    assert plan(2, deepspeed=False) == {
+        "presets": ["ddp", "fsdp"],
+        "not_run": {"zero2": "not installed (no deepspeed)", "zero3": "not installed (no deepspeed)"},
+    }
+    assert plan(4, deepspeed=True) == {"presets": ["ddp", "fsdp", "zero2", "zero3"], "not_run": {}}
+    stand_in = plan(0, deepspeed=True, cpu_stand_in=True)  # --two-processes-on-cpu: DeepSpeed needs CUDA
+    assert stand_in["presets"] == ["ddp", "fsdp"] and set(stand_in["not_run"]) == {"zero2", "zero3"}
+
+
+@pytest.mark.parametrize("gpus, have", [(0, "no GPU"), (1, "1 GPU")])
+def test_with_fewer_than_two_gpus_the_section_is_skipped_and_says_why_which_is_not_a_pass(gpus, have):
+    from gpu_check_report import failures
+    from gpu_check_two_gpus import markdown, plan
+
+    skipped = plan(gpus, deepspeed=True)
+    why = f"this machine has {have}; the section needs 2 (skipped, not passed: nothing was checked)"
+    assert skipped == {"skipped": why}
+    assert f"**Skipped**: {why}." in markdown(skipped)
+    assert failures(passing_report() | {"two_gpus": skipped}) == []  # the one-GPU check still passes on one GPU
+
+
+ONE_PROCESS = [7.2, 7.16, 7.24, 7.03, 7.23, 7.16, 7.17, 7.2]
+
+
+def two_gpu_section(**layouts) -> dict:
+    """The section as gpu_check_two_gpus.section writes it: one process, then each layout's row (fields overridden)."""
+    runs = [{"layout": "one process", "processes": 1, "exit_code": 0, "losses": ONE_PROCESS}]
+    for layout, fields in layouts.items():
+        runs.append({"layout": layout, "processes": 2, "exit_code": 0, "losses": ONE_PROCESS} | fields)
+    return {"loss_rtol": 1e-3, "steps": 8, "global_batch": 4, "precision": "fp16", "runs": runs, "not_run": {}}
+
+
+def test_a_two_process_run_passes_within_the_loss_tolerance_of_one_process_and_fails_beyond_it():
+    from gpu_check_two_gpus import failures
+
+    within = [loss * (1 + 0.99e-3) for loss in ONE_PROCESS]
+    assert failures(two_gpu_section(ddp={"losses": within}, fsdp={})) == []
+    beyond = ONE_PROCESS[:7] + [ONE_PROCESS[7] * (1 + 1.01e-3)]
+    (only,) = failures(two_gpu_section(ddp={}, fsdp={"losses": beyond}))
+    assert only.startswith("two GPUs, fsdp: losses differ from one process's by up to 1.01e-03 relative")
+
+
+@pytest.mark.parametrize(
+    "fields, says",
+    [
+        ({"exit_code": 1, "error": "NCCL error"}, "exited 1: NCCL error"),
+        ({"exit_code": None, "error": "not started"}, "exited None"),
+        ({"losses": ONE_PROCESS[:7]}, "logged 7 losses, not one for each of the 8 steps"),
+        ({"losses": ONE_PROCESS[:7] + [float("nan")]}, "a loss that is 0 or not a finite number"),
+        ({"losses": [0.0] * 8}, "a loss that is 0 or not a finite number"),
+    ],
+)
+def test_a_two_process_run_that_failed_or_logged_no_usable_loss_fails_the_section(fields, says):
+    from gpu_check_two_gpus import failures
+
+    (only,) = failures(two_gpu_section(ddp={}, fsdp=fields))
+    assert only.startswith("two GPUs, fsdp: ") and says in only
+
+
+def test_without_a_one_process_reference_the_two_process_runs_cannot_pass():
+    from gpu_check_report import passed
+    from gpu_check_two_gpus import failures
+
+    section = two_gpu_section(ddp={})
+    section["runs"][0] |= {"exit_code": 1, "error": "out of memory"}
+    assert failures(section)[-1] == "two GPUs: no one-process losses to compare the two-process runs with"
+    assert not passed(passing_report() | {"two_gpus": section})
+
+
+def test_the_section_records_each_runs_difference_and_the_presets_it_did_not_run(tmp_path, monkeypatch):
+    import gpu_check_two_gpus
+
+    def fake_train(folder, preset, gpu, python_path, deadline):
+        losses = ONE_PROCESS if preset is None else [loss * 1.0005 for loss in ONE_PROCESS]
+        return {"layout": preset or "one process", "processes": 2 if preset else 1, "exit_code": 0, "losses": losses}
+
+    monkeypatch.setattr(gpu_check_two_gpus, "train", fake_train)
+    monkeypatch.setattr(gpu_check_two_gpus, "find_spec", lambda name: None)  # no deepspeed
+    section = gpu_check_two_gpus.section(tmp_path, 2, False, [], float("inf"))
+    assert [row["layout"] for row in section["runs"]] == ["one process", "ddp", "fsdp"]
+    differences = [row.get("largest_relative_difference") for row in section["runs"]]
+    assert differences == [None, pytest.approx(5e-4), pytest.approx(5e-4)]
+    lines = "\n".join(gpu_check_two_gpus.markdown(section))
+    assert (
+        "| zero2 | 2 | not run: not installed (no deepspeed) |" in lines and gpu_check_two_gpus.failures(section) == []
+    )
 
 
 def test_a_shipped_recipe_that_does_not_load_fails_its_method_instead_of_falling_back(tmp_path, monkeypatch):
