@@ -251,29 +251,37 @@ def test_eval_prompts_null_skips_the_check(rl_recipe):
 
 def as_processes(count: int, run, monkeypatch) -> list:
     """run(state) in `count` threads that stand in for the processes of a launch (accelerate's state: this one's
-    index, how many), with accelerate's gather_object gathering across them; each one's result."""
+    index, how many), with accelerate's gather_object gathering across them; each one's result. One thread computes
+    at a time (it hands the turn on only while it waits in a gather): loading models in two threads at once leaves
+    transformers' meta-device loading switched on for every later model of this process."""
     import threading
     from types import SimpleNamespace
 
     import accelerate.utils
 
     barrier, slots, results, errors = threading.Barrier(count, timeout=300), [None] * count, [None] * count, []
-    rank = threading.local()
+    rank, turn = threading.local(), threading.Lock()
 
     def gather_object(objects: list) -> list:
         slots[rank.index] = objects
-        barrier.wait()
-        gathered = [item for slot in slots for item in slot]
-        barrier.wait()  # every one has read the slots before any writes the next gather's
+        turn.release()
+        try:
+            barrier.wait()
+            gathered = [item for slot in slots for item in slot]
+            barrier.wait()  # every one has read the slots before any writes the next gather's
+        finally:
+            turn.acquire()
         return gathered
 
     def process(index: int) -> None:
         rank.index = index
-        try:
-            results[index] = run(SimpleNamespace(process_index=index, num_processes=count, is_main_process=not index))
-        except BaseException as err:  # raised below, in the test's own thread
-            errors.append(err)
-            barrier.abort()
+        with turn:
+            try:
+                state = SimpleNamespace(process_index=index, num_processes=count, is_main_process=not index)
+                results[index] = run(state)
+            except BaseException as err:  # raised below, in the test's own thread
+                errors.append(err)
+                barrier.abort()
 
     monkeypatch.setattr(accelerate.utils, "gather_object", gather_object)
     threads = [threading.Thread(target=process, args=(index,)) for index in range(count)]
