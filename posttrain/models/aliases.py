@@ -44,11 +44,22 @@ def materialise_alias(name: str) -> Path | None:
         staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
         try:
             builders[name](staging)
-            shutil.rmtree(target, ignore_errors=True)
-            staging.rename(target)  # atomic: a half-built alias never looks complete
+            if not (target / "config.json").is_file():  # still missing: no other process finished it meanwhile
+                shutil.rmtree(target, ignore_errors=True)
+                _move_into_place(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _move_into_place(staging: Path, target: Path) -> None:
+    """Rename the built folder to its name: atomic, so a half-built alias never looks complete. Another process
+    building the same alias may get there first; its folder is as good, and is kept."""
+    try:
+        staging.rename(target)
+    except OSError:
+        if not (target / "config.json").is_file():
+            raise
 
 
 def _folder_name(name: str) -> str:
