@@ -7,17 +7,21 @@ INSTALLED := $(VENV)/.posttrain-installed
 quickstart: $(INSTALLED)
 	$(VENV)/bin/posttrain quickstart
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist), each with one thread per library (tests/conftest.py):
+# most of a test's time is Python, imports and subprocesses, which one thread per core keeps busy.
+TEST_WORKERS ?= 2
+
 test: $(INSTALLED)
 	bash scripts/setup.sh --browser
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist worksteal
 
 # The inner loop: lint, then every test not marked slow (no smollm2-135m runs, no notebook runs).
 test-fast: $(INSTALLED)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/pytest -m "not slow"
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist worksteal -m "not slow"
 
 # The floors: the tests not marked slow, 3-step runs and a check of every shipped recipe, with every direct
 # dependency at the lowest version pyproject.toml admits, in a venv of its own (scripts/test_min.sh). CI runs it

@@ -14,7 +14,7 @@ POSTTRAIN_CONSTRAINTS="$venv/floors.txt" bash scripts/setup.sh "$venv"
 echo "test-min: every direct dependency at its floor (torch: the build setup.sh installs; see scripts/floors.py)"
 "$venv/bin/python" -m pip freeze --quiet | grep -iE "^($(cut -d= -f1 "$venv/floors.txt" | paste -sd'|')|torch)==" || true
 
-"$venv/bin/pytest" -m "not slow" -p no:cacheprovider -q
+"$venv/bin/pytest" -n "${TEST_WORKERS:-2}" --dist worksteal -m "not slow" -p no:cacheprovider -q
 
 echo "test-min: 3-step runs on tiny-llama2, then every shipped recipe checked"
 work="$(mktemp -d)"

@@ -10,8 +10,20 @@ import yaml
 # No test may reach the Hugging Face hub; offline mode makes such a call fail at once instead of timing out.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
-# Built-in models are materialised once per test session (or into POSTTRAIN_CACHE, if the caller set one).
+# Built-in models are materialised once per test session (or into POSTTRAIN_CACHE, if the caller set one); under
+# pytest-xdist the workers inherit the controller's folder and share it.
 os.environ.setdefault("POSTTRAIN_CACHE", tempfile.mkdtemp(prefix="posttrain-cache-"))
+# Under pytest-xdist (make test: one worker per core) each worker, and every process it starts, computes on one thread,
+# so the workers do not fight over the cores. Set before torch is imported; a plain `pytest` keeps the defaults.
+if "PYTEST_XDIST_WORKER" in os.environ:
+    for threads in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[threads] = "1"
+
+
+def pytest_collection_modifyitems(items):
+    """The slow tests first (a stable sort), so that under several workers the longest ones start early instead of
+    ending the run alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="session", autouse=True)
