@@ -67,6 +67,7 @@ def test_ppo_raises_the_reward_of_a_checkable_preference(tmp_path):
                 "mini_batch_size": 4,
                 "learning_rate": 2e-4,
                 "max_new_tokens": 24,
+                "eval_prompts": None,  # the held-out check has tests of its own (tests/test_rl_heldout.py)
             },
             "output_dir": str(tmp_path / "ppo"),
         },
