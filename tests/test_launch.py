@@ -76,57 +76,82 @@ def test_dpo_in_two_processes_continues_the_sft_run(tmp_path, write_recipe, sft_
     assert not (tmp_path / "run" / "adapter" / "ref").exists()  # DPO's frozen reference copy is not the result
 
 
-def test_ppo_with_ptx_in_two_processes(tmp_path, rl_recipe):
+def test_ppo_with_ptx_in_two_processes_then_its_shared_heldout_check(tmp_path, rl_recipe):
     # PPO-ptx runs a second forward of the shared model before the backward: DDP must reduce both
-    recipe = rl_recipe("ppo", steps=2, ptx_coef=0.5, ptx_data="builtin:pirate_sft", eval_prompts=None)
+    heldout = tmp_path / "heldout_prompts.jsonl"
+    heldout.write_text("".join(json.dumps({"prompt": f"Where be treasure number {i}?"}) + "\n" for i in range(3)))
+    recipe = rl_recipe("ppo", steps=2, ptx_coef=0.5, ptx_data="builtin:pirate_sft", eval_prompts=str(heldout))
     done = train_in_two_processes("ppo", recipe)
     assert done.stdout.count("done: run folder") == 1
-    steps = json.loads((tmp_path / "ppo" / "metrics.json").read_text())["steps"]
+    assert done.stdout.count("held-out    3 prompts, greedy: win rate") == 1  # checked by both, printed by one
+    metrics = json.loads((tmp_path / "ppo" / "metrics.json").read_text())
+    steps = metrics["steps"]
     assert [step["step"] for step in steps] == [1, 2] and all(math.isfinite(step["ptx_loss"]) for step in steps)
     assert (tmp_path / "ppo" / "adapter" / "adapter_model.safetensors").is_file()
+    assert len((tmp_path / "ppo" / "heldout.jsonl").read_text().splitlines()) == metrics["heldout"]["prompts"] == 3
 
 
-# Put first on the launched processes' path: the first batch each process samples takes 10 s longer.
-SLOW_FIRST_BATCH = """
+# Put first on the launched processes' path: the first batch each process samples takes 10 s longer, and each
+# process notes how many chats each batch of replies it generates has (rs's sampling does not generate through that
+# function; the held-out check does).
+SLOW_FIRST_BATCH_AND_NOTES = """
+import os
 import time
 
+import posttrain.inference.generation as generation
 import posttrain.rl.sampling as sampling
 
-original = sampling.sample
+original_sample, original_generate = sampling.sample, generation.generate_replies_to_chats
 
 
 def slow_first_batch(*args, **kwargs):
     if not getattr(slow_first_batch, "slept", False):
         slow_first_batch.slept = True
         time.sleep(10)
-    return original(*args, **kwargs)
+    return original_sample(*args, **kwargs)
 
 
-sampling.sample = slow_first_batch
+def noted(model, tokenizer, chats, *args, **kwargs):
+    with open(os.path.join(os.environ["NOTES"], "rank-" + os.environ.get("RANK", "0")), "a") as notes:
+        notes.write(f"{len(chats)}\\n")
+    return original_generate(model, tokenizer, chats, *args, **kwargs)
+
+
+sampling.sample, generation.generate_replies_to_chats = slow_first_batch, noted
 """
 
 
-def test_rs_sampling_is_shared_so_no_process_waits_out_a_short_timeout(tmp_path, rl_recipe, monkeypatch):
+def test_rs_sampling_and_heldout_check_are_shared_so_no_process_waits_out_a_short_timeout(
+    tmp_path, rl_recipe, monkeypatch
+):
     from posttrain.methods.common import run_method
     from posttrain.recipe import load_recipe
 
-    recipe = rl_recipe("rs", eval_prompts=None, keep_cut_off=True)  # 8 new tokens: most answers are cut off
-    prompts = [{"prompt": f"What is {i} plus {i}, matey?"} for i in range(6)]  # 3 batches: 2 to one process
-    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(row) + "\n" for row in prompts))
+    train, heldout = tmp_path / "prompts.jsonl", tmp_path / "heldout_prompts.jsonl"
+    train.write_text("".join(json.dumps({"prompt": f"What is {i} plus {i}, matey?"}) + "\n" for i in range(6)))
+    heldout.write_text("".join(json.dumps({"prompt": f"Where be treasure number {i}?"}) + "\n" for i in range(17)))
+    recipe = rl_recipe("rs", eval_prompts=str(heldout), keep_cut_off=True)  # 8 new tokens: most answers cut off
     settings = yaml.safe_load(recipe.read_text())
-    settings["data"]["train"] = str(tmp_path / "prompts.jsonl")
+    settings["data"]["train"] = str(train)  # 3 batches of 2: two to one process
     recipe.write_text(f"# posttrain rs {recipe.name}\n" + yaml.safe_dump(settings))
-    (tmp_path / "slow").mkdir()
-    (tmp_path / "slow" / "sitecustomize.py").write_text(SLOW_FIRST_BATCH)
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "slow"))
+    for folder in ("hook", "notes"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "hook" / "sitecustomize.py").write_text(SLOW_FIRST_BATCH_AND_NOTES)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "hook"))
+    monkeypatch.setenv("NOTES", str(tmp_path / "notes"))
     # a 6-second timeout: a process that waited for the other's sampling (over 10 s) would fail at the barrier
     done = train_in_two_processes("rs", recipe, "--timeout-minutes", "0.1")
     assert done.stdout.count("done: run folder") == 1
+    assert done.stdout.count("held-out    17 prompts, greedy: win rate") == 1  # the main process prints
+    # 17 held-out prompts are batches of 8, 8 and 1: the first and last to the main process, the second to the
+    # other; each process answers its prompts with the trained model, then with the start
+    notes = {path.name: path.read_text().split() for path in (tmp_path / "notes").iterdir()}
+    assert notes == {"rank-0": ["8", "1", "8", "1"], "rank-1": ["8", "8"]}
     monkeypatch.delenv("PYTHONPATH")
     run_method(load_recipe(str(recipe), [f"output_dir={tmp_path / 'one'}"]), echo=lambda _: None)
-    # each batch is seeded from its position: two processes sample what one does
-    two, one = (tmp_path / folder / "selected" / "round-1.jsonl" for folder in ("rs", "one"))
-    assert two.read_text() == one.read_text()
+    # each batch is seeded from its position, and the check is greedy: two processes sample and check what one does
+    for name in ("selected/round-1.jsonl", "heldout.jsonl"):
+        assert (tmp_path / "rs" / name).read_text() == (tmp_path / "one" / name).read_text(), name
 
 
 def test_dry_run_checks_here_and_shows_the_launch(tmp_path, write_recipe, outside_launch):

@@ -3,8 +3,6 @@ processes under accelerate, and the bad inputs."""
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -174,15 +172,6 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, runs):
     assert whole_weights.keys() == resumed_weights.keys()
     assert all(torch.equal(whole_weights[name], resumed_weights[name]) for name in whole_weights)
     assert len((run / "samples.jsonl").read_text().splitlines()) == 4 * 4
-
-
-def test_two_processes_under_accelerate(tmp_path, runs):
-    path = ppo_recipe(tmp_path, runs, steps=2, batch_size=2, mini_batch_size=2)
-    command = [sys.executable, "-m", "posttrain", "ppo", str(path), "--num-processes", "2"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert (tmp_path / "ppo" / "adapter" / "adapter_model.safetensors").is_file()
-    assert len(json.loads((tmp_path / "ppo" / "metrics.json").read_text())["steps"]) == 2
 
 
 # ---------------------------------------------------------------- bad input: exit 2, nothing written
