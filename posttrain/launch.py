@@ -38,6 +38,7 @@ NEEDS_CUDA = {"DEEPSPEED", "FSDP"}  # accelerate runs these on GPUs only (FSDP o
 # to be sharded (no device_map), so that model would sample on the CPU; PPO's loop also keeps four adapters on one
 # base, which accelerate's FSDP wrapping has not been shown to handle.
 UNSHARDED_METHODS = {"ppo", "rs", "gatt", "distill"}
+FSDP_ACCELERATE = "1.16"  # the oldest accelerate the fsdp preset is known to run with (tests/test_fsdp.py)
 LAUNCHED = "POSTTRAIN_LAUNCHED"  # set for the launched processes, so that they train instead of launching again
 TIMEOUT = "POSTTRAIN_TIMEOUT_MINUTES"  # how long a process waits for the others (a collective, a barrier)
 # Generous, for what stays on the main process (writing the run folder) and for shares of work that take unlike times
@@ -126,6 +127,11 @@ def plan_launch(
             "On a CPU, --num-processes N alone runs N processes with DDP"
             + (f" (to test FSDP on CPU processes: {fsdp_cpu.OPT_IN}=1)." if kind == "FSDP" else ".")
         )
+    if kind == "FSDP" and not fsdp_supported():
+        raise UserError(
+            f"--accelerate-config {name} (FSDP2) needs accelerate {FSDP_ACCELERATE} or later: older ones fail to "
+            "load 4-bit weights into the shards. pip install -U accelerate"
+        )
     if preset and num_processes is None:
         num_processes = max(gpus, 1)  # a preset on its own uses every GPU of this machine
     if num_processes is None and "num_processes" not in settings:
@@ -136,6 +142,16 @@ def plan_launch(
     if gpus and int(settings.get("num_machines", 1)) == 1 and wanted > gpus:
         raise UserError(f"--num-processes {wanted} asks for one GPU per process, but this machine has {gpus}.")
     return Launch(config_file, num_processes, cpu=gpus == 0, preset=preset, timeout_minutes=timeout_minutes)
+
+
+def fsdp_supported() -> bool:
+    """Whether the installed accelerate runs the fsdp preset: 1.10.1 stops in fsdp2_load_full_state_dict on 4-bit
+    weights ("`weight` is not an nn.Module"); the newest version tested to work is FSDP_ACCELERATE."""
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    return Version(version("accelerate")) >= Version(FSDP_ACCELERATE)
 
 
 def find_config(name: str) -> tuple[Path, bool]:

@@ -209,6 +209,13 @@ def adapter_weights(run: Path) -> dict:
     return load_file(run / "adapter" / "adapter_model.safetensors")
 
 
+# Older accelerate versions are refused before launching (launch.fsdp_supported; make test-min runs the floors).
+needs_fsdp_accelerate = pytest.mark.skipif(
+    not __import__("posttrain.launch").launch.fsdp_supported(),
+    reason="the fsdp preset needs accelerate 1.16 or later (older ones are refused: posttrain.launch.fsdp_supported)",
+)
+
+
 @pytest.fixture(scope="module")
 def fsdp_sft(tmp_path_factory) -> Path:
     """An nf4 SFT run trained by two FSDP2 processes on the CPU, with what fully_shard made of its weights."""
@@ -228,12 +235,17 @@ def test_fsdp_without_a_gpu_needs_the_opt_in(monkeypatch):
     with pytest.raises(UserError, match=f"to test FSDP on CPU processes: {fsdp_cpu.OPT_IN}=1"):
         launch.plan_launch(2, "fsdp", method="sft")
     monkeypatch.setenv(fsdp_cpu.OPT_IN, "1")
+    monkeypatch.setattr(launch, "fsdp_supported", lambda: False)  # an accelerate older than FSDP_ACCELERATE
+    with pytest.raises(UserError, match=f"needs accelerate {launch.FSDP_ACCELERATE} or later"):
+        launch.plan_launch(2, "fsdp", method="sft")
+    monkeypatch.setattr(launch, "fsdp_supported", lambda: True)
     planned = launch.plan_launch(2, "fsdp", method="sft")
     assert planned.cpu and planned.config_file.name == "fsdp.yaml"
     with pytest.raises(UserError, match="rs samples with a model it loads outside the trainer"):
         launch.plan_launch(2, "fsdp", method="rs")  # still refused before anything loads
 
 
+@needs_fsdp_accelerate
 def test_two_fsdp_processes_each_hold_half_of_every_4bit_and_lora_weight(fsdp_sft):
     probe = fsdp_sft.parent / "probe"
     for rank in (0, 1):
@@ -245,6 +257,7 @@ def test_two_fsdp_processes_each_hold_half_of_every_4bit_and_lora_weight(fsdp_sf
             assert weight["held"] <= -(-weight["whole"] // 2), weight
 
 
+@needs_fsdp_accelerate
 def test_fsdp_trains_what_one_process_trains_with_the_same_global_batch(fsdp_sft, tmp_path):
     from posttrain.methods.common import run_method
     from posttrain.recipe import load_recipe
@@ -256,6 +269,7 @@ def test_fsdp_trains_what_one_process_trains_with_the_same_global_batch(fsdp_sft
     assert_same_adapter(adapter_weights(fsdp_sft), adapter_weights(tmp_path / "sft"))
 
 
+@needs_fsdp_accelerate
 def test_the_fsdp_run_saves_one_whole_adapter_that_reloads_equal(fsdp_sft):
     from posttrain.models.loading import load_run_model
 
@@ -277,6 +291,7 @@ def test_the_fsdp_run_saves_one_whole_adapter_that_reloads_equal(fsdp_sft):
     assert all(weight.abs().sum() > 0 for name, weight in saved.items() if "lora_B" in name)  # it trained
 
 
+@needs_fsdp_accelerate
 def test_the_fsdp_run_merges(fsdp_sft, tmp_path):
     from transformers import AutoModelForCausalLM
     from typer.testing import CliRunner
@@ -293,6 +308,7 @@ def test_the_fsdp_run_merges(fsdp_sft, tmp_path):
         torch.testing.assert_close(merged(ids).logits, model(ids).logits, atol=1e-4, rtol=0)
 
 
+@needs_fsdp_accelerate
 def test_the_fsdp_run_resumes_from_its_checkpoint_and_ends_where_it_ended(fsdp_sft, tmp_path):
     import shutil
 
@@ -308,6 +324,7 @@ def test_the_fsdp_run_resumes_from_its_checkpoint_and_ends_where_it_ended(fsdp_s
     assert_same_adapter(adapter_weights(run), adapter_weights(fsdp_sft))
 
 
+@needs_fsdp_accelerate
 def test_dpo_under_fsdp_continues_the_fsdp_run_against_its_starting_adapter(fsdp_sft, tmp_path):
     recipe = fsdp_recipe(
         tmp_path,
@@ -325,6 +342,7 @@ def test_dpo_under_fsdp_continues_the_fsdp_run_against_its_starting_adapter(fsdp
     assert not (tmp_path / "dpo" / "adapter" / "ref").exists()
 
 
+@needs_fsdp_accelerate
 def test_a_reward_model_trains_under_fsdp_with_its_score_head(tmp_path, reward_pairs):
     recipe = fsdp_recipe(tmp_path, "reward", data={"train": str(reward_pairs), "max_length": 128})
     train_under_fsdp("reward", recipe)
