@@ -38,7 +38,7 @@ NEEDS_CUDA = {"DEEPSPEED", "FSDP"}  # accelerate runs these on GPUs only (FSDP o
 # to be sharded (no device_map), so that model would sample on the CPU; PPO's loop also keeps four adapters on one
 # base, which accelerate's FSDP wrapping has not been shown to handle.
 UNSHARDED_METHODS = {"ppo", "rs", "gatt", "distill"}
-FSDP_ACCELERATE = "1.16"  # the oldest accelerate the fsdp preset is known to run with (tests/test_fsdp.py)
+FSDP_ACCELERATE = "1.16"  # an accelerate the fsdp preset is known to run with (tests/test_fsdp.py); 1.10.1 fails
 LAUNCHED = "POSTTRAIN_LAUNCHED"  # set for the launched processes, so that they train instead of launching again
 TIMEOUT = "POSTTRAIN_TIMEOUT_MINUTES"  # how long a process waits for the others (a collective, a barrier)
 # Generous, for what stays on the main process (writing the run folder) and for shares of work that take unlike times
@@ -146,7 +146,7 @@ def plan_launch(
 
 def fsdp_supported() -> bool:
     """Whether the installed accelerate runs the fsdp preset: 1.10.1 stops in fsdp2_load_full_state_dict on 4-bit
-    weights ("`weight` is not an nn.Module"); the newest version tested to work is FSDP_ACCELERATE."""
+    weights ("`weight` is not an nn.Module"); FSDP_ACCELERATE works (versions between were not tried)."""
     from importlib.metadata import version
 
     from packaging.version import Version
