@@ -213,12 +213,18 @@ def share_batches(state, starts: list[int], work: Callable[[int], list]) -> list
     does every N-th batch (accelerate's `state`: N processes, this one's index) and the results are gathered.
     A batch's result depends on its start alone (its seed is drawn from it), so it is what one process would get."""
     mine = {start: work(start) for start in starts[state.process_index :: state.num_processes]}
+    done = gathered(state, mine)
+    return [done[start] for start in starts]
+
+
+def gathered(state, mine: dict) -> dict:
+    """Every process's results (one dict per process, keyed by position) merged into one, in every process."""
     if state.num_processes > 1:
         from accelerate.utils import gather_object
 
-        for theirs in gather_object([mine]):  # one dict per process, in every process
+        for theirs in gather_object([mine]):
             mine |= theirs
-    return [mine[start] for start in starts]
+    return mine
 
 
 def share_items(state, items: list, batch_size: int, work: Callable[[list], list]) -> list:
@@ -231,12 +237,7 @@ def share_items(state, items: list, batch_size: int, work: Callable[[list], list
         for start in range(state.process_index * batch_size, len(items), state.num_processes * batch_size)
         for index in range(start, min(start + batch_size, len(items)))
     ]
-    done = dict(zip(mine, work([items[index] for index in mine]), strict=True)) if mine else {}
-    if state.num_processes > 1:
-        from accelerate.utils import gather_object
-
-        for theirs in gather_object([done]):  # one dict per process, in every process
-            done |= theirs
+    done = gathered(state, dict(zip(mine, work([items[index] for index in mine]), strict=True)) if mine else {})
     return [done[index] for index in range(len(items))]
 
 
