@@ -3,6 +3,8 @@ last steps is clearly above the first steps, the answers get shorter, and the KL
 
 tiny-llama2 cannot show this: its random 64-wide network barely moves its output distribution under LoRA, so the
 policy never finds what the reward prefers. smollm2 is a real instruction model that already ends its answers.
+Alone on one thread: 5 min 41 s (8 reward steps, 6 PPO steps); the score went from -1.80 over the first three steps to
+1.02 over the last three, the answers from 10.2 tokens to 3.9.
 """
 
 import json
@@ -49,7 +51,7 @@ def test_ppo_raises_the_reward_of_a_checkable_preference(tmp_path):
         {
             "model": model,
             "data": {"train": str(short_answer_pairs(tmp_path / "short.jsonl")), "max_length": 128},
-            "train": {"max_steps": 12, "learning_rate": 1e-3, "per_device_train_batch_size": 8, "report_to": "none"},
+            "train": {"max_steps": 8, "learning_rate": 1e-3, "per_device_train_batch_size": 8, "report_to": "none"},
             "output_dir": str(tmp_path / "reward"),
         },
     )
@@ -62,7 +64,8 @@ def test_ppo_raises_the_reward_of_a_checkable_preference(tmp_path):
             "data": {"train": "builtin:pirate_sft", "max_length": 256},
             "ppo": {
                 "reward": str(tmp_path / "reward"),
-                "steps": 8,
+                "steps": 6,
+                "activation_checkpointing": False,  # same gradients (test_ppo.py), half the optimisation time
                 "batch_size": 8,
                 "mini_batch_size": 4,
                 "learning_rate": 2e-4,
