@@ -51,7 +51,8 @@ def test_generate_merge_and_eval_run_on_the_trained_runs(check):
     assert set(commands) == {"generate", "merge", "eval accuracy", "eval winrate", "eval perplexity"}
     assert all(row["exit_code"] == 0 for row in commands.values()), [r.get("error") for r in commands.values()]
     assert commands["generate"]["result"]["rows"] == 4
-    assert 0 <= commands["eval accuracy"]["result"]["accuracy"] <= 1
+    accuracy = commands["eval accuracy"]["result"]  # the script's 16 preference pairs, each right or wrong
+    assert accuracy["pairs"] == 16 and accuracy["accuracy"] * 16 == pytest.approx(round(accuracy["accuracy"] * 16))
 
 
 def test_posttrain_and_plain_trl_are_both_timed_and_ppo_resume_repeats_the_run(check):

@@ -75,9 +75,11 @@ def test_the_run_reports_the_heldout_check_in_metrics(finished):
     method, run, output = finished
     heldout = heldout_of(run)
     assert heldout["prompts"] == 120 and heldout["max_new_tokens"] == 8
+    wins, losses, ties = heldout["wins_losses_ties"]
+    assert wins + losses + ties == 120 and wins != losses  # a tie in the counts would hide a swapped side
+    assert heldout["win_rate"] == pytest.approx((wins + ties / 2) / 120)  # ties count half
     low, high = heldout["win_rate_ci95"]
-    assert 0 <= low <= heldout["win_rate"] <= high <= 1
-    assert sum(heldout["wins_losses_ties"]) == 120
+    assert low < heldout["win_rate"] < high
     for model in ("start", "trained"):
         assert set(heldout[model]) == PER_MODEL
         assert 0 <= heldout[model]["cut_off"] <= 1 and 0 < heldout[model]["mean_tokens"] <= 8

@@ -105,7 +105,6 @@ def test_resume_continues_from_the_checkpoint_and_ends_where_an_uninterrupted_ru
 
     resumed, _, metrics = train(path, resume=True)
     assert metrics["final_step"] == 4
-    assert metrics["train"]["train_runtime"] > 0
     assert [entry["step"] for entry in metrics["log_history"] if "loss" in entry] == [1, 2, 3, 4]
     params = dict(resumed.model.named_parameters())
     for name, param in reference.items():
