@@ -8,8 +8,9 @@ quickstart: $(INSTALLED)
 	$(VENV)/bin/posttrain quickstart
 
 # The suite runs in TEST_WORKERS processes (pytest-xdist), each with one thread per library (tests/conftest.py):
-# most of a test's time is Python, imports and subprocesses, which one thread per core keeps busy.
-TEST_WORKERS ?= 2
+# most of a test's time is Python, imports and subprocesses. On 2 cores 3 workers were fastest (docs/testing.md):
+# a third keeps a core busy while another worker waits on a process it started.
+TEST_WORKERS ?= 3
 
 test: $(INSTALLED)
 	bash scripts/setup.sh --browser
