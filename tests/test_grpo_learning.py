@@ -3,7 +3,7 @@ model), the mean reward over the last steps is clearly above that of the first s
 
 As for PPO (tests/test_ppo_learning.py), tiny-llama2 cannot show this: its random network barely moves under LoRA.
 Alone on one thread, 8 steps of about 6 s: the mean reward went from -1.82 over the first three steps to -1.27 over
-the last three, the mean answer from 10.5 to 9.3 tokens (with 10 steps: to -1.24 and 8.8 tokens, 30 s more).
+the last three, the mean answer from 10.5 to 9.3 tokens (with 10 steps: to -1.24 and 8.8 tokens).
 """
 
 import json
