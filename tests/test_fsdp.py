@@ -18,6 +18,8 @@ import pytest
 import torch
 import yaml
 
+from posttrain.launch import fsdp_supported
+
 
 def four_bit_weights(model) -> list:
     import bitsandbytes as bnb
@@ -211,7 +213,7 @@ def adapter_weights(run: Path) -> dict:
 
 # Older accelerate versions are refused before launching (launch.fsdp_supported; make test-min runs the floors).
 needs_fsdp_accelerate = pytest.mark.skipif(
-    not __import__("posttrain.launch").launch.fsdp_supported(),
+    not fsdp_supported(),
     reason="the fsdp preset needs accelerate 1.16 or later (older ones are refused: posttrain.launch.fsdp_supported)",
 )
 
