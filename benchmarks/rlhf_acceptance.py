@@ -7,7 +7,7 @@ in heldout.jsonl). This script reads the runs named, one per seed, and writes fo
   looping and cut-off answers of both models, the mean answer length and score, PPO's highest KL against its budget,
   and which bars the run met;
 - pooled: the win rate of all the seeds' pairs together (360 for three seeds of 120 prompts) under both judges, with
-  the held-out check's bootstrap (1000 resamples, seed 42), and the pooled loop and cut-off shares.
+  the counts, by the held-out check's own outcome() (1000 resamples, seed 42), and the pooled loop and cut-off shares.
 Nothing is trained or generated here. Writes benchmarks/results/rlhf_acceptance.json.
 
     python benchmarks/rlhf_acceptance.py --ppo runs/smollm2-135m-ppo-seed{42,1,2} --rs runs/smollm2-135m-rs-seed{42,1,2}
@@ -20,12 +20,10 @@ import json
 import statistics
 from pathlib import Path
 
-from posttrain.evaluation.heldout import RESAMPLES
-from posttrain.evaluation.winrate import bootstrap_interval
+from posttrain.evaluation.heldout import SIDES, outcome
 
 RESULTS = Path(__file__).parent / "results" / "rlhf_acceptance.json"
-VALUE = {"trained": 1.0, "tie": 0.5, "start": 0.0}  # heldout.jsonl's winner, as the trained model's win
-SEED = 42
+SEED = 42  # the pooled bootstrap's
 
 
 def seed_row(run: Path) -> dict:
@@ -52,11 +50,8 @@ def pooled(runs: list[Path]) -> dict:
     rows = [json.loads(line) for run in runs for line in (run / "heldout.jsonl").read_text().splitlines()]
     summary = {"pairs": len(rows)}
     for judge, winner in (("reward", "winner"), ("judge", "judge_winner")):
-        values = [VALUE[row[winner]] for row in rows]
-        summary[judge] = {
-            "win_rate": statistics.fmean(values),
-            "win_rate_ci95": bootstrap_interval(values, RESAMPLES, SEED),
-        }
+        # heldout.jsonl names the winner by role; the held-out check's outcome() takes its pairs' sides
+        summary[judge] = outcome([{"winner": SIDES.get(row[winner], "tie")} for row in rows], SEED)
     for side in ("trained", "start"):
         summary[side] = {
             "loops": statistics.fmean(row[f"{side}_loop"] for row in rows),
